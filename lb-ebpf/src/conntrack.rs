@@ -1,0 +1,67 @@
+//! Connection tracking: one LRU entry per direction of a load-balanced flow.
+//!
+//! Entries expire after an idle timeout (TCP established / closing, UDP; from `LB_CONFIG`),
+//! checked on lookup; the LRU evicts the least recently used entries when the map is full.
+//! `last_seen` is refreshed at most once a second to keep the hot path read-mostly.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{ct_flags, Config, CtEntry, CtKey, PROTO_TCP};
+
+use crate::{
+    maps::{LB_CONFIG, LB_CT},
+    parse::{TCP_FIN, TCP_RST},
+};
+
+const NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn timeout_ns(proto: u8, flags: u8) -> u64 {
+    let cfg = LB_CONFIG.get(0).copied().unwrap_or(Config::DEFAULT);
+    let secs = if proto == PROTO_TCP {
+        if flags & ct_flags::TCP_CLOSING != 0 {
+            cfg.tcp_closing_timeout
+        } else {
+            cfg.tcp_established_timeout
+        }
+    } else {
+        cfg.udp_timeout
+    };
+    secs as u64 * NS
+}
+
+/// A live (not expired) entry for `key`.
+#[inline(always)]
+pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
+    let e = LB_CT.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer, valid for the program's run.
+    let entry = unsafe { &*e };
+    if now.saturating_sub(entry.last_seen_ns) > timeout_ns(key.proto, entry.flags) {
+        return None;
+    }
+    Some(e)
+}
+
+/// Records activity on a live entry: marks TCP closing on FIN/RST, refreshes `last_seen`.
+#[inline(always)]
+pub fn touch(e: *mut CtEntry, now: u64, tcp_flags: u8) {
+    // SAFETY: a map value pointer; concurrent writers only store the same kinds of values.
+    let entry = unsafe { &mut *e };
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & ct_flags::TCP_CLOSING == 0 {
+        entry.flags |= ct_flags::TCP_CLOSING;
+    }
+    if now.saturating_sub(entry.last_seen_ns) > NS {
+        entry.last_seen_ns = now;
+    }
+}
+
+/// Inserts (or replaces) an entry; false if the map refused it.
+#[inline(always)]
+pub fn insert(key: &CtKey, entry: &CtEntry) -> bool {
+    LB_CT.insert(key, entry, 0).is_ok()
+}

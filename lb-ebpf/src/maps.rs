@@ -1,0 +1,34 @@
+//! Map definitions (see `lb_common::maps` for the table of maps, keys and values).
+//! Sizes here are defaults; the agent overrides them at load time from its configuration.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{Backend, Config, Counter, CtEntry, CtKey, ServiceKey, ServiceValue};
+
+/// Frontend → service port. No prealloc: an updated value is never seen half-written.
+#[btf_map]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue, 65536, 1> = HashMap::new();
+
+/// Backend id → endpoint of one service port.
+#[btf_map]
+pub static LB_BACKENDS: HashMap<u32, Backend, 262144> = HashMap::new();
+
+/// Maglev table id → inner array `[M, slot_0, .., slot_{M-1}]` of backend ids. The whole inner
+/// map is swapped at once (BPF_F_INNER_MAP allows a different M per table), so a packet sees
+/// either the old table with its own M or the new one, never a mix.
+#[btf_map]
+pub static LB_MAGLEV: ArrayOfMaps<Array<u32, 1, 4096>, 131072> = ArrayOfMaps::new();
+
+/// Connection tracking, both directions of every load-balanced flow.
+#[btf_map]
+pub static LB_CT: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+
+/// Datapath configuration (timeouts).
+#[btf_map]
+pub static LB_CONFIG: Array<Config, 1> = Array::new();
+
+/// Per-CPU counters, indexed by `lb_common::Counter`.
+#[btf_map]
+pub static LB_STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();

@@ -1,0 +1,130 @@
+//! Bounds-checked parsing of Ethernet / IPv4 / TCP / UDP / SCTP headers.
+//!
+//! Policy for odd packets (documented in the README, tested in tests/packet.rs):
+//! - not Ethernet+IPv4 (ARP, IPv6, VLAN-tagged): [`Parsed::Other`], passed untouched;
+//! - IPv4 with a bad version or IHL < 5, or shorter than its header: [`Parsed::Other`], passed
+//!   untouched (the kernel's IP stack drops it);
+//! - IP options (IHL > 5): parsed, the L4 header is found after them;
+//! - fragments and truncated L4 headers: `l4` is `None`; the caller drops them if they are
+//!   addressed to a service address (they could not be translated consistently) and passes
+//!   them otherwise.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::TcContext;
+use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+
+#[repr(C)]
+struct Ipv4Hdr {
+    vihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// Ports and, for TCP, the flags byte.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+#[derive(Clone, Copy)]
+pub struct Ipv4Packet {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub proto: u8,
+    /// Offset of the L4 header (after IP options).
+    pub l4_off: usize,
+    /// `None` for fragments, truncated L4 headers and protocols without ports.
+    pub l4: Option<L4>,
+}
+
+pub enum Parsed {
+    Ipv4(Ipv4Packet),
+    Other,
+}
+
+/// A pointer to a `T` at `off`, if the whole `T` lies inside the packet's linear data.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    // Headers we need may sit in paged data (rare on veth): pull up to the largest IPv4 +
+    // TCP header once, so bounds checks see them.
+    let linear = ctx.data_end() - ctx.data();
+    let want = ETH_HLEN + 60 + 20;
+    if linear < want && (ctx.len() as usize) > linear {
+        let _ = ctx.pull_data(want as u32);
+    }
+
+    let Some(proto) = ptr_at::<u16>(ctx, 12) else { return Parsed::Other };
+    // SAFETY: ptr_at checked the bounds.
+    if u16::from_be(unsafe { *proto }) != ETH_P_IP {
+        return Parsed::Other;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Parsed::Other };
+    // SAFETY: ptr_at checked the bounds.
+    let ip = unsafe { &*ip };
+    if ip.vihl >> 4 != 4 {
+        return Parsed::Other;
+    }
+    let ihl = (ip.vihl & 0x0f) as usize;
+    if ihl < 5 {
+        return Parsed::Other;
+    }
+    let l4_off = ETH_HLEN + ihl * 4;
+    let mut pkt = Ipv4Packet { saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, l4_off, l4: None };
+    // Options must be inside the packet too.
+    if ptr_at::<u8>(ctx, l4_off - 1).is_none() {
+        return Parsed::Other;
+    }
+    // MF set or a non-zero offset: a fragment, whose L4 header is absent or incomplete.
+    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
+        return Parsed::Ipv4(pkt);
+    }
+    pkt.l4 = match ip.proto {
+        PROTO_TCP => ptr_at::<[u8; 20]>(ctx, l4_off).map(|h| {
+            // SAFETY: ptr_at checked the bounds.
+            let h = unsafe { &*h };
+            L4 {
+                sport: u16::from_ne_bytes([h[0], h[1]]),
+                dport: u16::from_ne_bytes([h[2], h[3]]),
+                tcp_flags: h[13],
+            }
+        }),
+        PROTO_UDP => ptr_at::<[u8; 8]>(ctx, l4_off).map(|h| {
+            // SAFETY: ptr_at checked the bounds.
+            let h = unsafe { &*h };
+            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0 }
+        }),
+        PROTO_SCTP => ptr_at::<[u8; 12]>(ctx, l4_off).map(|h| {
+            // SAFETY: ptr_at checked the bounds.
+            let h = unsafe { &*h };
+            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0 }
+        }),
+        _ => None,
+    };
+    Parsed::Ipv4(pkt)
+}

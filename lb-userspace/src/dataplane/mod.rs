@@ -1,0 +1,138 @@
+//! The eBPF object and everything that touches its maps and programs.
+
+pub mod attach;
+pub mod pin;
+pub mod sys;
+pub mod writer;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{Backend, Config, ServiceKey, ServiceValue};
+
+/// The compiled eBPF object (built by build.rs with aya-build).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Map names in the object.
+pub mod names {
+    pub const SERVICES: &str = "LB_SERVICES";
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    pub const CT: &str = "LB_CT";
+    pub const CONFIG: &str = "LB_CONFIG";
+    pub const STATS: &str = "LB_STATS";
+    /// Created by the agent (not in the object): service-port id → "ns/name:port/PROTO".
+    pub const NAMES: &str = "LB_NAMES";
+    pub const ALL_OBJECT_MAPS: [&str; 6] = [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS];
+    /// The tc program for pod-facing interfaces.
+    pub const PROG_POD_INGRESS: &str = "lb_pod_ingress";
+}
+
+/// Capacities (map sizes) with their defaults; all are agent flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Capacity {
+    /// Maximum number of service frontends (ClusterIP:port entries plus one per address).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_SERVICE_FRONTENDS)]
+    pub max_frontends: u32,
+    /// Maximum number of service ports (each gets a cluster and a local Maglev table).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_TABLES / 2)]
+    pub max_service_ports: u32,
+    /// Maximum number of backends (endpoints summed over service ports).
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAX_BACKENDS)]
+    pub max_backends: u32,
+    /// Conntrack entries (each load-balanced flow takes two).
+    #[arg(long, default_value_t = lb_common::DEFAULT_CT_ENTRIES)]
+    pub conntrack_entries: u32,
+    /// Largest Maglev table (a prime from the list in lb-common; the table of a service port
+    /// is the smallest listed prime > 100 × its backends, capped here).
+    #[arg(long, default_value_t = lb_common::maglev::DEFAULT_MAX_TABLE_SIZE)]
+    pub max_table_size: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            max_frontends: lb_common::DEFAULT_MAX_SERVICE_FRONTENDS,
+            max_service_ports: lb_common::DEFAULT_MAX_TABLES / 2,
+            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+            conntrack_entries: lb_common::DEFAULT_CT_ENTRIES,
+            max_table_size: lb_common::maglev::DEFAULT_MAX_TABLE_SIZE,
+        }
+    }
+}
+
+/// Pins every map of the object under `pins`.
+pub fn pin_object_maps(ebpf: &Ebpf, pins: &pin::PinDir) -> Result<()> {
+    for name in names::ALL_OBJECT_MAPS {
+        let map = ebpf.map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+        pins.pin(name, map)?;
+    }
+    Ok(())
+}
+
+/// Loads the object with the configured map sizes (programs are loaded into the kernel by
+/// their users: attach or trace).
+pub fn load_object(cap: &Capacity) -> Result<Ebpf> {
+    if EBPF_OBJECT.is_empty() {
+        anyhow::bail!("this binary was built with AYA_BUILD_SKIP=1: it carries no eBPF object");
+    }
+    EbpfLoader::new()
+        .map_max_entries(names::SERVICES, cap.max_frontends)
+        .map_max_entries(names::BACKENDS, cap.max_backends)
+        .map_max_entries(names::MAGLEV, cap.max_service_ports.saturating_mul(2).saturating_add(2))
+        .map_max_entries(names::CT, cap.conntrack_entries)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (are you root, with bpffs and BTF?)")
+}
+
+/// The maps the writer programs.
+pub struct MapSet {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub maglev: ArrayOfMaps<MapData, MapData>,
+    pub config: Array<MapData, Config>,
+    pub names: HashMap<MapData, u32, [u8; NAME_LEN]>,
+}
+
+/// Length of a service-port name in `LB_NAMES` (NUL-padded, truncated).
+pub const NAME_LEN: usize = 128;
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+impl MapSet {
+    /// Takes the writer's maps out of a freshly loaded object and creates the names map
+    /// (pinned under `pins` when given; the object's maps must be pinned before this).
+    pub fn take(ebpf: &mut Ebpf, cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<MapSet> {
+        const BPF_MAP_TYPE_HASH: u32 = 1;
+        let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_HASH, 4, NAME_LEN as u32, cap.max_service_ports + 1, 0);
+        let names_data = MapData::create(obj, names::NAMES, None).context("creating LB_NAMES")?;
+        if let Some(p) = pins {
+            p.pin_data(names::NAMES, &names_data)?;
+        }
+        Ok(MapSet {
+            services: HashMap::try_from(take(ebpf, names::SERVICES)?)?,
+            backends: HashMap::try_from(take(ebpf, names::BACKENDS)?)?,
+            maglev: ArrayOfMaps::try_from(take(ebpf, names::MAGLEV)?)?,
+            config: Array::try_from(take(ebpf, names::CONFIG)?)?,
+            names: HashMap::try_from(Map::from_map_data(names_data)?)?,
+        })
+    }
+}
+
+/// Encodes a name for `LB_NAMES`.
+pub fn encode_name(name: &str) -> [u8; NAME_LEN] {
+    let mut buf = [0u8; NAME_LEN];
+    let n = name.len().min(NAME_LEN);
+    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+    buf
+}
+
+/// Decodes a name from `LB_NAMES`.
+pub fn decode_name(buf: &[u8; NAME_LEN]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
