@@ -8,8 +8,8 @@
 
 pub mod csum;
 pub mod hash;
-pub mod maps;
 #[cfg(feature = "std")]
 pub mod maglev;
+pub mod maps;
 
 pub use maps::*;

@@ -9,8 +9,7 @@ use crate::BACKEND_NONE;
 
 /// Table sizes: primes roughly doubling. A service gets the smallest that is > 100 × its
 /// backends (the paper keeps imbalance ≤ 1% with M ≥ 100·N), capped by the configured maximum.
-pub const TABLE_PRIMES: [u32; 11] =
-    [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071, 262_139];
+pub const TABLE_PRIMES: [u32; 11] = [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131_071, 262_139];
 
 /// Default cap on the table size (as Cilium's default).
 pub const DEFAULT_MAX_TABLE_SIZE: u32 = 16_381;

@@ -171,12 +171,7 @@ pub struct Config {
 impl Config {
     /// Close to what kube-proxy sets or leaves: nf_conntrack_tcp_timeout_established 24h
     /// (SEMANTICS I5), time_wait 120 s, udp_timeout_stream 120 s.
-    pub const DEFAULT: Config = Config {
-        tcp_established_timeout: 86_400,
-        tcp_closing_timeout: 120,
-        udp_timeout: 120,
-        flags: 0,
-    };
+    pub const DEFAULT: Config = Config { tcp_established_timeout: 86_400, tcp_closing_timeout: 120, udp_timeout: 120, flags: 0 };
 }
 
 /// Per-CPU counters (`LB_STATS` index).

@@ -98,3 +98,58 @@ fn merge<'a>(sets: impl Iterator<Item = &'a ObjectSet>) -> ObjectSet {
     }
     all
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns, name: a}\nspec:\n  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n";
+    const SVC_B: &str = "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns, name: b}\nspec:\n  clusterIP: 10.96.0.2\n  ports: [{port: 80}]\n";
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lb-files-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(set: &ObjectSet) -> Vec<String> {
+        let mut v: Vec<String> = set.services.iter().filter_map(|s| s.metadata.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn unparsable_file_keeps_its_last_good_version() {
+        let dir = tempdir("lastgood");
+        std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+        std::fs::write(dir.join("b.yaml"), SVC_B).unwrap();
+        let mut src = FileSource::new(&dir);
+        let (set, errors) = src.load();
+        assert_eq!(names(&set), ["a", "b"]);
+        assert!(errors.is_empty(), "{errors:?}");
+
+        // A half-written save: not YAML at all.
+        std::fs::write(dir.join("a.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n").unwrap();
+        let (set, errors) = src.load();
+        assert_eq!(names(&set), ["a", "b"], "service a is not withdrawn by a syntax error");
+        assert!(errors.iter().any(|e| e.contains("a.yaml")), "{errors:?}");
+
+        // Deleting the file does withdraw it.
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        let (set, _) = src.load();
+        assert_eq!(names(&set), ["b"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn single_file_source() {
+        let dir = tempdir("single");
+        let f = dir.join("all.yaml");
+        std::fs::write(&f, format!("{SVC}---\n{SVC_B}")).unwrap();
+        let (set, errors) = FileSource::new(&f).load();
+        assert_eq!(names(&set), ["a", "b"]);
+        assert!(errors.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

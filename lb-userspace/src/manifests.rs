@@ -159,8 +159,8 @@ fn split_documents(text: &str, origin: &str, errors: &mut Vec<String>) -> Vec<Ra
         let mut value = match serde_yaml::from_str::<serde_yaml::Value>(&chunk.text) {
             Ok(v) => v,
             Err(e) => {
-                let at = e.location().map_or(line, |l| chunk.first_line + l.line().saturating_sub(1));
-                errors.push(format!("{origin}: document {n} (line {line}): invalid YAML at line {at}: {}", yaml_message(&e)));
+                let msg = rebase_lines(&e.to_string(), chunk.first_line - 1);
+                errors.push(format!("{origin}: document {n} (line {line}): invalid YAML: {msg}"));
                 continue;
             }
         };
@@ -218,9 +218,9 @@ fn yaml_chunks(text: &str) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     let mut cur = Chunk { first_line: 1, text: String::new() };
     for (i, line) in text.lines().enumerate() {
-        let marker = ["---", "..."].into_iter().find(|m| {
-            line.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r']))
-        });
+        let marker = ["---", "..."]
+            .into_iter()
+            .find(|m| line.strip_prefix(m).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r'])));
         if let Some(m) = marker {
             chunks.push(std::mem::replace(&mut cur, Chunk { first_line: i + 1, text: String::new() }));
             // The marker line itself becomes the first line of the new chunk; content after
@@ -246,13 +246,22 @@ fn is_blank_yaml(text: &str) -> bool {
     })
 }
 
-/// serde_yaml's message without its own (chunk-relative) position.
-fn yaml_message(e: &serde_yaml::Error) -> String {
-    let msg = e.to_string();
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg,
+/// Turns the chunk-relative `line N` positions in a serde_yaml message into file lines.
+fn rebase_lines(msg: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("line ") {
+        let (head, tail) = rest.split_at(i + "line ".len());
+        out.push_str(head);
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        match tail[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
     }
+    out.push_str(rest);
+    out
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -276,7 +285,11 @@ fn add_object(value: Value, loc: Location<'_>, items: &[usize], report: &mut Par
             return;
         }
         Some(other) => {
-            report.errors.push(format!("{prefix}: {}: kind must be a string, found {}", describe_unknown(&obj), json_type(other)));
+            report.errors.push(format!(
+                "{prefix}: {}: kind must be a string, found {}",
+                describe_unknown(&obj),
+                json_type(other)
+            ));
             return;
         }
     };
@@ -520,16 +533,23 @@ spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
         let names: Vec<_> = r.objects.services.iter().filter_map(|s| s.metadata.name.as_deref()).collect();
         assert_eq!(names, ["good1", "good2"]);
         assert_eq!(r.errors.len(), 5, "{:#?}", r.errors);
-        assert!(r.errors[0].starts_with("mixed.yaml: document 2 (line 6): invalid YAML"), "{}", r.errors[0]);
+        assert!(r.errors[0].starts_with("mixed.yaml: document 2 (line 6): invalid YAML: "), "{}", r.errors[0]);
+        assert!(r.errors[0].contains("at line 9 column 1"), "positions are file lines: {}", r.errors[0]);
         assert!(r.errors[1].starts_with("mixed.yaml: document 3 (line 10): Service ns/badport: "), "{}", r.errors[1]);
-        assert!(r.errors[2].contains("document 4 (line 15): EndpointSlice ns/old: unsupported apiVersion \"discovery.k8s.io/v1beta1\""), "{}", r.errors[2]);
+        assert!(
+            r.errors[2]
+                .contains("document 4 (line 15): EndpointSlice ns/old: unsupported apiVersion \"discovery.k8s.io/v1beta1\""),
+            "{}",
+            r.errors[2]
+        );
         assert!(r.errors[3].contains("document 5 (line 19): object \"kindless\": missing kind"), "{}", r.errors[3]);
         assert!(r.errors[4].contains("document 6 (line 21): not a Kubernetes object"), "{}", r.errors[4]);
     }
 
     #[test]
     fn unknown_kinds_and_empty_documents_are_skipped_silently() {
-        let text = "---\n---\n# nothing\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n---\n\n";
+        let text =
+            "---\n---\n# nothing\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n---\n\n";
         let r = parse_str(text, "x.yaml");
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert!(r.objects.is_empty());
@@ -564,7 +584,8 @@ spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
         }
     }
 
-    const SVC_YAML: &[u8] = b"apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+    const SVC_YAML: &[u8] =
+        b"apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
 
     #[test]
     fn manifest_files_lists_a_directory_like_kubectl() {
@@ -579,7 +600,7 @@ spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
         assert_eq!(names, ["a.yaml", "b.yml", "c.json"]);
 
         let single = dir.0.join("notes.txt");
-        assert_eq!(manifest_files(&single).expect("file"), [single.clone()], "an explicit file is always read");
+        assert_eq!(manifest_files(&single).expect("file"), [single], "an explicit file is always read");
         assert!(manifest_files(&dir.0.join("missing")).is_err());
     }
 

@@ -206,7 +206,17 @@ fn serialize_nets<S: serde::Serializer>(nets: &[Ipv4Net], s: S) -> Result<S::Ok,
 /// The whole desired state of the IPv4 proxier.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct DesiredState {
+    /// Serialized as a map keyed by the SP's display form (`ns/name:port/TCP`), because JSON
+    /// object keys must be strings.
+    #[serde(serialize_with = "serialize_services")]
     pub services: BTreeMap<ServicePortName, ServicePortState>,
+}
+
+fn serialize_services<S: serde::Serializer>(
+    services: &BTreeMap<ServicePortName, ServicePortState>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(services.iter().map(|(k, v)| (k.to_string(), v)))
 }
 
 /// A problem with one object. The object (or the named part of it) was not programmed.
@@ -226,12 +236,14 @@ impl ObjectError {
 }
 
 impl fmt::Display for ObjectError {
-    /// `Service ns/name: message` (`Kind name: message` for an object without namespace).
+    /// `Service ns/name: message` (`Kind name: message` for an object without namespace,
+    /// `<unnamed>` for an object without name).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.name.is_empty() { "<unnamed>" } else { self.name.as_str() };
         if self.namespace.is_empty() {
-            write!(f, "{} {}: {}", self.kind, self.name, self.message)
+            write!(f, "{} {}: {}", self.kind, name, self.message)
         } else {
-            write!(f, "{} {}/{}: {}", self.kind, self.namespace, self.name, self.message)
+            write!(f, "{} {}/{}: {}", self.kind, self.namespace, name, self.message)
         }
     }
 }
@@ -343,7 +355,12 @@ pub struct Categorized {
 ///
 /// `endpoints` are all endpoints of the SP (any conditions). The order of `cluster` and `local`
 /// follows `endpoints`; `all_reachable` is sorted by the `ip:port` string.
-pub fn categorize_endpoints(endpoints: &[Endpoint], node: &NodeInfo, svc: &CategorizeInput, opts: &TranslateOptions) -> Categorized {
+pub fn categorize_endpoints(
+    endpoints: &[Endpoint],
+    node: &NodeInfo,
+    svc: &CategorizeInput,
+    opts: &TranslateOptions,
+) -> Categorized {
     let mut out = Categorized::default();
     let zone = node.zone();
     let mut use_serving_terminating = false;
@@ -398,9 +415,7 @@ pub fn categorize_endpoints(endpoints: &[Endpoint], node: &NodeInfo, svc: &Categ
         None => sorted_by_string(local.clone()),
         // Without topology and without the terminating fallback, every local endpoint is a
         // ready endpoint and therefore already in `cluster`.
-        Some(cluster) if out.topology_mode == TopologyMode::None && !use_serving_terminating => {
-            sorted_by_string(cluster.clone())
-        }
+        Some(cluster) if out.topology_mode == TopologyMode::None && !use_serving_terminating => sorted_by_string(cluster.clone()),
         Some(cluster) => {
             let merged: BTreeSet<EndpointAddr> = cluster.iter().chain(local.iter()).copied().collect();
             sorted_by_string(merged.into_iter().collect())
@@ -463,7 +478,12 @@ fn sorted_by_string(mut addrs: Vec<EndpointAddr>) -> Vec<EndpointAddr> {
 /// whole (the apiserver would have rejected it); an endpoint or slice port kube-proxy would
 /// ignore is left out on its own; ignored-but-harmless values (an invalid externalIP, an
 /// unparsable source range) are reported while the service is still programmed.
-pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeInfo, opts: &TranslateOptions) -> (DesiredState, Vec<ObjectError>) {
+pub fn translate(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+    opts: &TranslateOptions,
+) -> (DesiredState, Vec<ObjectError>) {
     let mut errors = Vec::new();
     let slices_by_service = index_slices(slices, node, opts, &mut errors);
 
@@ -624,7 +644,8 @@ fn parse_slice(slice: &EndpointSlice, node: &NodeInfo, opts: &TranslateOptions, 
         let local = !node.name.is_empty() && ep.node_name.as_deref() == Some(node.name.as_str());
         // B8: hints (node hints only behind PreferSameTrafficDistribution).
         let hints = ep.hints.as_ref();
-        let zone_hints: BTreeSet<String> = hints.and_then(|h| h.for_zones.as_ref()).into_iter().flatten().map(|z| z.name.clone()).collect();
+        let zone_hints: BTreeSet<String> =
+            hints.and_then(|h| h.for_zones.as_ref()).into_iter().flatten().map(|z| z.name.clone()).collect();
         let node_hints: BTreeSet<String> = if opts.prefer_same_traffic_distribution {
             hints.and_then(|h| h.for_nodes.as_ref()).into_iter().flatten().map(|n| n.name.clone()).collect()
         } else {
@@ -829,7 +850,8 @@ fn translate_service(
         st.local_endpoints = cat.local.unwrap_or_default();
         st.has_any_endpoints = cat.has_any_endpoints;
         st.topology_mode = cat.topology_mode.as_str().to_string();
-        let key = ServicePortName { namespace: namespace.to_string(), name: name.to_string(), port_name: p.name, protocol: p.protocol };
+        let key =
+            ServicePortName { namespace: namespace.to_string(), name: name.to_string(), port_name: p.name, protocol: p.protocol };
         out.push((key, st));
     }
     Ok(out)
@@ -873,7 +895,10 @@ fn validate_ports(ports: &[k8s_openapi::api::core::v1::ServicePort]) -> Result<V
             None => Protocol::Tcp,
             Some(s) => Protocol::parse(s).ok_or_else(|| format!("ports[{i}]: unknown protocol {s:?}"))?,
         };
-        let port = u16::try_from(p.port).ok().filter(|&n| n != 0).ok_or_else(|| format!("ports[{i}]: port {} out of range 1..=65535", p.port))?;
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|&n| n != 0)
+            .ok_or_else(|| format!("ports[{i}]: port {} out of range 1..=65535", p.port))?;
         let node_port = match p.node_port {
             None | Some(0) => None,
             Some(n) => Some(u16::try_from(n).map_err(|_| format!("ports[{i}]: nodePort {n} out of range"))?),
@@ -955,7 +980,6 @@ fn parse_cidr_sloppy(s: &str) -> Option<Cidr> {
 // Tests
 // ------------------------------------------------------------------------------------------------
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -991,7 +1015,12 @@ mod tests {
         NodeInfo { name: name.to_string(), labels }
     }
 
-    fn run_on(node: &NodeInfo, opts: &TranslateOptions, svcs: &[Service], slices: &[EndpointSlice]) -> (DesiredState, Vec<ObjectError>) {
+    fn run_on(
+        node: &NodeInfo,
+        opts: &TranslateOptions,
+        svcs: &[Service],
+        slices: &[EndpointSlice],
+    ) -> (DesiredState, Vec<ObjectError>) {
         translate(svcs, slices, node, opts)
     }
 
@@ -1012,7 +1041,10 @@ mod tests {
     }
 
     fn sp<'a>(state: &'a DesiredState, name: &str, port: &str, proto: Protocol) -> &'a ServicePortState {
-        state.services.get(&spn(name, port, proto)).unwrap_or_else(|| panic!("no SP {name}:{port}/{proto} in {:?}", state.services.keys()))
+        state
+            .services
+            .get(&spn(name, port, proto))
+            .unwrap_or_else(|| panic!("no SP {name}:{port}/{proto} in {:?}", state.services.keys()))
     }
 
     fn strs(addrs: &[EndpointAddr]) -> Vec<String> {
@@ -1058,15 +1090,32 @@ mod tests {
         mode: TopologyMode,
     }
 
-    const CLUSTER: CategorizeInput = CategorizeInput { internal_policy_local: false, external_policy_local: false, externally_accessible: false };
-    const ETP_LOCAL_NP: CategorizeInput = CategorizeInput { internal_policy_local: false, external_policy_local: true, externally_accessible: true };
-    const ITP_LOCAL: CategorizeInput = CategorizeInput { internal_policy_local: true, external_policy_local: false, externally_accessible: false };
-    const ITP_LOCAL_NP: CategorizeInput = CategorizeInput { internal_policy_local: true, external_policy_local: false, externally_accessible: true };
-    const BOTH_LOCAL_NP: CategorizeInput = CategorizeInput { internal_policy_local: true, external_policy_local: true, externally_accessible: true };
-    const ETP_LOCAL_INTERNAL: CategorizeInput = CategorizeInput { internal_policy_local: false, external_policy_local: true, externally_accessible: false };
+    const CLUSTER: CategorizeInput =
+        CategorizeInput { internal_policy_local: false, external_policy_local: false, externally_accessible: false };
+    const ETP_LOCAL_NP: CategorizeInput =
+        CategorizeInput { internal_policy_local: false, external_policy_local: true, externally_accessible: true };
+    const ITP_LOCAL: CategorizeInput =
+        CategorizeInput { internal_policy_local: true, external_policy_local: false, externally_accessible: false };
+    const ITP_LOCAL_NP: CategorizeInput =
+        CategorizeInput { internal_policy_local: true, external_policy_local: false, externally_accessible: true };
+    const BOTH_LOCAL_NP: CategorizeInput =
+        CategorizeInput { internal_policy_local: true, external_policy_local: true, externally_accessible: true };
+    const ETP_LOCAL_INTERNAL: CategorizeInput =
+        CategorizeInput { internal_policy_local: false, external_policy_local: true, externally_accessible: false };
 
     fn case(name: &'static str, svc: CategorizeInput, endpoints: Vec<Endpoint>) -> Case {
-        Case { name, zone: None, pte: true, svc, endpoints, cluster: None, local: None, all: None, only_remote: false, mode: TopologyMode::None }
+        Case {
+            name,
+            zone: None,
+            pte: true,
+            svc,
+            endpoints,
+            cluster: None,
+            local: None,
+            all: None,
+            only_remote: false,
+            mode: TopologyMode::None,
+        }
     }
 
     fn zone_abcd() -> Vec<Endpoint> {
@@ -1084,7 +1133,11 @@ mod tests {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.1.2.3:80", "10.1.2.6:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("should use topology: all endpoints have hints, node zone set, endpoints for the zone", CLUSTER, zone_abcd())
+                ..case(
+                    "should use topology: all endpoints have hints, node zone set, endpoints for the zone",
+                    CLUSTER,
+                    zone_abcd(),
+                )
             },
             Case {
                 zone: Some("zone-a"),
@@ -1092,12 +1145,16 @@ mod tests {
                 local: Some(&["10.1.2.3:80", "10.1.2.4:80"]),
                 all: Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("externalTrafficPolicy: Local, topology ignored for Local endpoints", ETP_LOCAL_NP, vec![
-                    ep("10.1.2.3:80", "RL", &["zone-a"], &[]),
-                    ep("10.1.2.4:80", "RL", &["zone-b"], &[]),
-                    ep("10.1.2.5:80", "R", &["zone-c"], &[]),
-                    ep("10.1.2.6:80", "R", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "externalTrafficPolicy: Local, topology ignored for Local endpoints",
+                    ETP_LOCAL_NP,
+                    vec![
+                        ep("10.1.2.3:80", "RL", &["zone-a"], &[]),
+                        ep("10.1.2.4:80", "RL", &["zone-b"], &[]),
+                        ep("10.1.2.5:80", "R", &["zone-c"], &[]),
+                        ep("10.1.2.6:80", "R", &["zone-a"], &[]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
@@ -1105,12 +1162,16 @@ mod tests {
                 local: Some(&["10.1.2.3:80", "10.1.2.4:80"]),
                 all: Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("internalTrafficPolicy: Local, topology ignored for Local endpoints", ITP_LOCAL_NP, vec![
-                    ep("10.1.2.3:80", "RL", &["zone-a"], &[]),
-                    ep("10.1.2.4:80", "RL", &["zone-b"], &[]),
-                    ep("10.1.2.5:80", "R", &["zone-c"], &[]),
-                    ep("10.1.2.6:80", "R", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "internalTrafficPolicy: Local, topology ignored for Local endpoints",
+                    ITP_LOCAL_NP,
+                    vec![
+                        ep("10.1.2.3:80", "RL", &["zone-a"], &[]),
+                        ep("10.1.2.4:80", "RL", &["zone-b"], &[]),
+                        ep("10.1.2.5:80", "R", &["zone-c"], &[]),
+                        ep("10.1.2.6:80", "R", &["zone-a"], &[]),
+                    ],
+                )
             },
             Case {
                 cluster: Some(&["10.1.2.3:80"]),
@@ -1130,43 +1191,59 @@ mod tests {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.1.2.3:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("unready endpoint", CLUSTER, vec![
-                    ep("10.1.2.3:80", "R", &["zone-a"], &[]),
-                    ep("10.1.2.4:80", "R", &["zone-b"], &[]),
-                    ep("10.1.2.5:80", "R", &["zone-c"], &[]),
-                    ep("10.1.2.6:80", "", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "unready endpoint",
+                    CLUSTER,
+                    vec![
+                        ep("10.1.2.3:80", "R", &["zone-a"], &[]),
+                        ep("10.1.2.4:80", "R", &["zone-b"], &[]),
+                        ep("10.1.2.5:80", "R", &["zone-c"], &[]),
+                        ep("10.1.2.6:80", "", &["zone-a"], &[]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.1.2.4:80", "10.1.2.5:80"]),
-                ..case("only unready endpoints in same zone (should not filter)", CLUSTER, vec![
-                    ep("10.1.2.3:80", "", &["zone-a"], &[]),
-                    ep("10.1.2.4:80", "R", &["zone-b"], &[]),
-                    ep("10.1.2.5:80", "R", &["zone-c"], &[]),
-                    ep("10.1.2.6:80", "", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "only unready endpoints in same zone (should not filter)",
+                    CLUSTER,
+                    vec![
+                        ep("10.1.2.3:80", "", &["zone-a"], &[]),
+                        ep("10.1.2.4:80", "R", &["zone-b"], &[]),
+                        ep("10.1.2.5:80", "R", &["zone-c"], &[]),
+                        ep("10.1.2.6:80", "", &["zone-a"], &[]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.5:80", "10.1.2.6:80"]),
-                ..case("missing hints, no filtering applied", CLUSTER, vec![
-                    ep("10.1.2.3:80", "R", &["zone-a"], &[]),
-                    ep("10.1.2.4:80", "R", &["zone-b"], &[]),
-                    ep("10.1.2.5:80", "R", &[], &[]),
-                    ep("10.1.2.6:80", "R", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "missing hints, no filtering applied",
+                    CLUSTER,
+                    vec![
+                        ep("10.1.2.3:80", "R", &["zone-a"], &[]),
+                        ep("10.1.2.4:80", "R", &["zone-b"], &[]),
+                        ep("10.1.2.5:80", "R", &[], &[]),
+                        ep("10.1.2.6:80", "R", &["zone-a"], &[]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-c"),
                 cluster: Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("multiple hints per endpoint, filtering includes any endpoint with zone included", CLUSTER, vec![
-                    ep("10.1.2.3:80", "R", &["zone-a", "zone-b", "zone-c"], &[]),
-                    ep("10.1.2.4:80", "R", &["zone-b", "zone-c"], &[]),
-                    ep("10.1.2.5:80", "R", &["zone-b", "zone-d"], &[]),
-                    ep("10.1.2.6:80", "R", &["zone-c"], &[]),
-                ])
+                ..case(
+                    "multiple hints per endpoint, filtering includes any endpoint with zone included",
+                    CLUSTER,
+                    vec![
+                        ep("10.1.2.3:80", "R", &["zone-a", "zone-b", "zone-c"], &[]),
+                        ep("10.1.2.4:80", "R", &["zone-b", "zone-c"], &[]),
+                        ep("10.1.2.5:80", "R", &["zone-b", "zone-d"], &[]),
+                        ep("10.1.2.6:80", "R", &["zone-c"], &[]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
@@ -1174,186 +1251,222 @@ mod tests {
                 local: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 all: Some(&["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("conflicting topology and localness require merging allEndpoints", ETP_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "RL", &["zone-a"], &[]),
-                    ep("10.0.0.1:80", "RL", &["zone-b"], &[]),
-                    ep("10.0.0.2:80", "R", &["zone-a"], &[]),
-                    ep("10.0.0.3:80", "R", &["zone-b"], &[]),
-                ])
+                ..case(
+                    "conflicting topology and localness require merging allEndpoints",
+                    ETP_LOCAL_NP,
+                    vec![
+                        ep("10.0.0.0:80", "RL", &["zone-a"], &[]),
+                        ep("10.0.0.1:80", "RL", &["zone-b"], &[]),
+                        ep("10.0.0.2:80", "R", &["zone-a"], &[]),
+                        ep("10.0.0.3:80", "R", &["zone-b"], &[]),
+                    ],
+                )
             },
             Case { local: Some(&[]), ..case("internalTrafficPolicy: Local, with empty endpoints", ITP_LOCAL, vec![]) },
             Case {
                 local: Some(&[]),
                 only_remote: true,
-                ..case("internalTrafficPolicy: Local, but all endpoints are remote", ITP_LOCAL, vec![
-                    ep("10.0.0.0:80", "R", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "internalTrafficPolicy: Local, but all endpoints are remote",
+                    ITP_LOCAL,
+                    vec![ep("10.0.0.0:80", "R", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
             },
             Case {
                 local: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("internalTrafficPolicy: Local, all endpoints are local", ITP_LOCAL, vec![
-                    ep("10.0.0.0:80", "RL", &[], &[]),
-                    ep("10.0.0.1:80", "RL", &[], &[]),
-                ])
+                ..case(
+                    "internalTrafficPolicy: Local, all endpoints are local",
+                    ITP_LOCAL,
+                    vec![ep("10.0.0.0:80", "RL", &[], &[]), ep("10.0.0.1:80", "RL", &[], &[])],
+                )
             },
             Case {
                 local: Some(&["10.0.0.0:80"]),
-                ..case("internalTrafficPolicy: Local, some endpoints are local", ITP_LOCAL, vec![
-                    ep("10.0.0.0:80", "RL", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "internalTrafficPolicy: Local, some endpoints are local",
+                    ITP_LOCAL,
+                    vec![ep("10.0.0.0:80", "RL", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&[]),
-                ..case("Cluster traffic policy, endpoints not Ready", CLUSTER, vec![
-                    ep("10.0.0.0:80", "", &[], &[]),
-                    ep("10.0.0.1:80", "", &[], &[]),
-                ])
+                ..case(
+                    "Cluster traffic policy, endpoints not Ready",
+                    CLUSTER,
+                    vec![ep("10.0.0.0:80", "", &[], &[]), ep("10.0.0.1:80", "", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.1:80"]),
-                ..case("Cluster traffic policy, some endpoints are Ready", CLUSTER, vec![
-                    ep("10.0.0.0:80", "", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "Cluster traffic policy, some endpoints are Ready",
+                    CLUSTER,
+                    vec![ep("10.0.0.0:80", "", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("Cluster traffic policy, all endpoints are terminating", CLUSTER, vec![
-                    ep("10.0.0.0:80", "STL", &[], &[]),
-                    ep("10.0.0.1:80", "ST", &[], &[]),
-                ])
-            },
-            Case {
-                cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                local: Some(&["10.0.0.0:80"]),
-                all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("iTP: Local, eTP: Cluster, some endpoints local", ITP_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "RL", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "Cluster traffic policy, all endpoints are terminating",
+                    CLUSTER,
+                    vec![ep("10.0.0.0:80", "STL", &[], &[]), ep("10.0.0.1:80", "ST", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 local: Some(&["10.0.0.0:80"]),
                 all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("iTP: Cluster, eTP: Local, some endpoints local", ETP_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "RL", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "iTP: Local, eTP: Cluster, some endpoints local",
+                    ITP_LOCAL_NP,
+                    vec![ep("10.0.0.0:80", "RL", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 local: Some(&["10.0.0.0:80"]),
                 all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("iTP: Local, eTP: Local, some endpoints local", BOTH_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "RL", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "iTP: Cluster, eTP: Local, some endpoints local",
+                    ETP_LOCAL_NP,
+                    vec![ep("10.0.0.0:80", "RL", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
+            },
+            Case {
+                cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                local: Some(&["10.0.0.0:80"]),
+                all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                ..case(
+                    "iTP: Local, eTP: Local, some endpoints local",
+                    BOTH_LOCAL_NP,
+                    vec![ep("10.0.0.0:80", "RL", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 local: Some(&[]),
                 all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("iTP: Local, eTP: Local, all endpoints remote", BOTH_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "R", &[], &[]),
-                    ep("10.0.0.1:80", "R", &[], &[]),
-                ])
+                ..case(
+                    "iTP: Local, eTP: Local, all endpoints remote",
+                    BOTH_LOCAL_NP,
+                    vec![ep("10.0.0.0:80", "R", &[], &[]), ep("10.0.0.1:80", "R", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 local: Some(&[]),
                 all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 only_remote: true,
-                ..case("iTP: Local, eTP: Local, all endpoints remote and terminating", BOTH_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "ST", &[], &[]),
-                    ep("10.0.0.1:80", "ST", &[], &[]),
-                ])
+                ..case(
+                    "iTP: Local, eTP: Local, all endpoints remote and terminating",
+                    BOTH_LOCAL_NP,
+                    vec![ep("10.0.0.0:80", "ST", &[], &[]), ep("10.0.0.1:80", "ST", &[], &[])],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80"]),
                 local: Some(&["10.0.0.2:80"]),
                 all: Some(&["10.0.0.0:80", "10.0.0.2:80"]),
-                ..case("iTP: Cluster, eTP: Local, with terminating endpoints", ETP_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "R", &[], &[]),
-                    ep("10.0.0.1:80", "L", &[], &[]),
-                    ep("10.0.0.2:80", "STL", &[], &[]),
-                    ep("10.0.0.3:80", "ST", &[], &[]),
-                ])
+                ..case(
+                    "iTP: Cluster, eTP: Local, with terminating endpoints",
+                    ETP_LOCAL_NP,
+                    vec![
+                        ep("10.0.0.0:80", "R", &[], &[]),
+                        ep("10.0.0.1:80", "L", &[], &[]),
+                        ep("10.0.0.2:80", "STL", &[], &[]),
+                        ep("10.0.0.3:80", "ST", &[], &[]),
+                    ],
+                )
             },
             Case {
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("externalTrafficPolicy ignored if not externally accessible", ETP_LOCAL_INTERNAL, vec![
-                    ep("10.0.0.0:80", "R", &[], &[]),
-                    ep("10.0.0.1:80", "RL", &[], &[]),
-                ])
+                ..case(
+                    "externalTrafficPolicy ignored if not externally accessible",
+                    ETP_LOCAL_INTERNAL,
+                    vec![ep("10.0.0.0:80", "R", &[], &[]), ep("10.0.0.1:80", "RL", &[], &[])],
+                )
             },
             Case {
                 local: Some(&["10.0.0.1:80"]),
-                ..case("no cluster endpoints for iTP:Local internal-only service", ITP_LOCAL, vec![
-                    ep("10.0.0.0:80", "R", &[], &[]),
-                    ep("10.0.0.1:80", "RL", &[], &[]),
-                ])
+                ..case(
+                    "no cluster endpoints for iTP:Local internal-only service",
+                    ITP_LOCAL,
+                    vec![ep("10.0.0.0:80", "R", &[], &[]), ep("10.0.0.1:80", "RL", &[], &[])],
+                )
             },
             // Not-serving endpoints are never used, even terminating ones (C1).
             Case {
                 cluster: Some(&[]),
-                ..case("terminating but not serving endpoints are never used", CLUSTER, vec![
-                    ep("10.0.0.0:80", "T", &[], &[]),
-                    ep("10.0.0.1:80", "TL", &[], &[]),
-                ])
+                ..case(
+                    "terminating but not serving endpoints are never used",
+                    CLUSTER,
+                    vec![ep("10.0.0.0:80", "T", &[], &[]), ep("10.0.0.1:80", "TL", &[], &[])],
+                )
             },
             // The terminating fallback ignores topology (C1).
             Case {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
-                ..case("terminating fallback ignores zone hints", CLUSTER, vec![
-                    ep("10.0.0.0:80", "ST", &["zone-a"], &[]),
-                    ep("10.0.0.1:80", "ST", &["zone-b"], &[]),
-                ])
+                ..case(
+                    "terminating fallback ignores zone hints",
+                    CLUSTER,
+                    vec![ep("10.0.0.0:80", "ST", &["zone-a"], &[]), ep("10.0.0.1:80", "ST", &["zone-b"], &[])],
+                )
             },
             // PreferSameNode (C3, PreferSameTrafficDistribution).
             Case {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.0.0.1:80"]),
                 mode: TopologyMode::PreferSameNode,
-                ..case("PreferSameNode: every ready endpoint has a node hint, one for this node", CLUSTER, vec![
-                    ep("10.0.0.0:80", "R", &["zone-a"], &["node-b"]),
-                    ep("10.0.0.1:80", "R", &["zone-a"], &["node-a"]),
-                    ep("10.0.0.2:80", "R", &["zone-b"], &["node-c"]),
-                    ep("10.0.0.3:80", "", &[], &[]),
-                ])
+                ..case(
+                    "PreferSameNode: every ready endpoint has a node hint, one for this node",
+                    CLUSTER,
+                    vec![
+                        ep("10.0.0.0:80", "R", &["zone-a"], &["node-b"]),
+                        ep("10.0.0.1:80", "R", &["zone-a"], &["node-a"]),
+                        ep("10.0.0.2:80", "R", &["zone-b"], &["node-c"]),
+                        ep("10.0.0.3:80", "", &[], &[]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
                 pte: false,
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("node hints ignored without PreferSameTrafficDistribution", CLUSTER, vec![
-                    ep("10.0.0.0:80", "R", &["zone-a"], &["node-b"]),
-                    ep("10.0.0.1:80", "R", &["zone-a"], &["node-a"]),
-                    ep("10.0.0.2:80", "R", &["zone-b"], &["node-c"]),
-                ])
+                ..case(
+                    "node hints ignored without PreferSameTrafficDistribution",
+                    CLUSTER,
+                    vec![
+                        ep("10.0.0.0:80", "R", &["zone-a"], &["node-b"]),
+                        ep("10.0.0.1:80", "R", &["zone-a"], &["node-a"]),
+                        ep("10.0.0.2:80", "R", &["zone-b"], &["node-c"]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("no node hint for this node: falls back to zone hints", CLUSTER, vec![
-                    ep("10.0.0.0:80", "R", &["zone-a"], &["node-b"]),
-                    ep("10.0.0.1:80", "R", &["zone-a"], &["node-b"]),
-                    ep("10.0.0.2:80", "R", &["zone-b"], &["node-c"]),
-                ])
+                ..case(
+                    "no node hint for this node: falls back to zone hints",
+                    CLUSTER,
+                    vec![
+                        ep("10.0.0.0:80", "R", &["zone-a"], &["node-b"]),
+                        ep("10.0.0.1:80", "R", &["zone-a"], &["node-b"]),
+                        ep("10.0.0.2:80", "R", &["zone-b"], &["node-c"]),
+                    ],
+                )
             },
             Case {
                 zone: Some("zone-a"),
                 cluster: Some(&["10.0.0.1:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("an endpoint without node hint: zone hints used", CLUSTER, vec![
-                    ep("10.0.0.0:80", "R", &["zone-b"], &["node-a"]),
-                    ep("10.0.0.1:80", "R", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "an endpoint without node hint: zone hints used",
+                    CLUSTER,
+                    vec![ep("10.0.0.0:80", "R", &["zone-b"], &["node-a"]), ep("10.0.0.1:80", "R", &["zone-a"], &[])],
+                )
             },
             Case {
                 zone: Some("zone-a"),
@@ -1361,12 +1474,16 @@ mod tests {
                 local: Some(&["10.0.0.1:80", "10.0.0.2:80"]),
                 all: Some(&["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]),
                 mode: TopologyMode::PreferSameZone,
-                ..case("eTP Local with serving-terminating local endpoints merges the lists", ETP_LOCAL_NP, vec![
-                    ep("10.0.0.0:80", "R", &["zone-a"], &[]),
-                    ep("10.0.0.1:80", "STL", &["zone-a"], &[]),
-                    ep("10.0.0.2:80", "STL", &["zone-b"], &[]),
-                    ep("10.0.0.3:80", "R", &["zone-a"], &[]),
-                ])
+                ..case(
+                    "eTP Local with serving-terminating local endpoints merges the lists",
+                    ETP_LOCAL_NP,
+                    vec![
+                        ep("10.0.0.0:80", "R", &["zone-a"], &[]),
+                        ep("10.0.0.1:80", "STL", &["zone-a"], &[]),
+                        ep("10.0.0.2:80", "STL", &["zone-b"], &[]),
+                        ep("10.0.0.3:80", "R", &["zone-a"], &[]),
+                    ],
+                )
             },
         ]
     }
@@ -1409,12 +1526,28 @@ mod tests {
 
     #[test]
     fn merges_several_slices() {
-        let state = run_ok(&[sv("svc1", SVC1)], &[
-            sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}]"),
-            sl("svc1-2", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.2.1]}, {addresses: [10.0.2.2]}, {addresses: [10.0.2.3]}]"),
-        ]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[
+                sl(
+                    "svc1-1",
+                    "svc1",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}]",
+                ),
+                sl(
+                    "svc1-2",
+                    "svc1",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.2.1]}, {addresses: [10.0.2.2]}, {addresses: [10.0.2.3]}]",
+                ),
+            ],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
-        assert_eq!(ep_strs(&st.endpoints), ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80", "10.0.2.1:80", "10.0.2.2:80", "10.0.2.3:80"]);
+        assert_eq!(
+            ep_strs(&st.endpoints),
+            ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80", "10.0.2.1:80", "10.0.2.2:80", "10.0.2.3:80"]
+        );
         assert_eq!(strs(&st.cluster_endpoints), ep_strs(&st.endpoints));
         assert!(st.local_endpoints.is_empty());
         assert!(st.has_any_endpoints);
@@ -1423,10 +1556,23 @@ mod tests {
 
     #[test]
     fn overlapping_slices_are_a_union() {
-        let state = run_ok(&[sv("svc1", SVC1)], &[
-            sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}]"),
-            sl("svc1-2", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}, {addresses: [10.0.1.4]}]"),
-        ]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[
+                sl(
+                    "svc1-1",
+                    "svc1",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}]",
+                ),
+                sl(
+                    "svc1-2",
+                    "svc1",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}, {addresses: [10.0.1.4]}]",
+                ),
+            ],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert_eq!(ep_strs(&st.endpoints), ["10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80", "10.0.1.4:80"]);
     }
@@ -1437,11 +1583,14 @@ mod tests {
             "{metadata: {namespace: ns2, name: svc1-3, labels: {kubernetes.io/service-name: svc1}}, addressType: IPv4, \
              ports: [{name: port-0, port: 80}], endpoints: [{addresses: [10.0.3.1]}]}",
         );
-        let state = run_ok(&[sv("svc1", SVC1)], &[
-            sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}]"),
-            sl("svc2-1", "svc2", "[{name: port-0, port: 80}]", "[{addresses: [10.0.2.1]}]"),
-            other_ns,
-        ]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[
+                sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}]"),
+                sl("svc2-1", "svc2", "[{name: port-0, port: 80}]", "[{addresses: [10.0.2.1]}]"),
+                other_ns,
+            ],
+        );
         assert_eq!(state.services.len(), 1);
         assert_eq!(ep_strs(&sp(&state, "svc1", "port-0", Protocol::Tcp).endpoints), ["10.0.1.1:80"]);
     }
@@ -1453,13 +1602,16 @@ mod tests {
             "{clusterIP: 172.30.0.10, ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP}, \
              {name: dns-tcp, port: 53, protocol: TCP}]}",
         );
-        let state = run_ok(&[svc], &[sl(
-            "dns-1",
-            "dns",
-            "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}, \
+        let state = run_ok(
+            &[svc],
+            &[sl(
+                "dns-1",
+                "dns",
+                "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}, \
              {name: dns, port: 5354, protocol: TCP}, {name: dns-tcp, port: 5355, protocol: TCP}, {name: metrics, port: 9153}]",
-            "[{addresses: [10.0.0.1]}]",
-        )]);
+                "[{addresses: [10.0.0.1]}]",
+            )],
+        );
         assert_eq!(state.services.len(), 3, "{:?}", state.services.keys());
         assert_eq!(ep_strs(&sp(&state, "dns", "http", Protocol::Tcp).endpoints), ["10.0.0.1:8080"]);
         let udp = sp(&state, "dns", "dns", Protocol::Udp);
@@ -1472,19 +1624,35 @@ mod tests {
     #[test]
     fn named_port_with_different_numbers_per_slice() {
         let svc = sv("web", "{clusterIP: 172.30.0.42, ports: [{name: http, port: 80, targetPort: http}]}");
-        let state = run_ok(&[svc], &[
-            sl("web-a", "web", "[{name: http, port: 8080}]", "[{addresses: [10.0.0.1]}]"),
-            sl("web-b", "web", "[{name: http, port: 9090}]", "[{addresses: [10.0.0.2]}]"),
-        ]);
+        let state = run_ok(
+            &[svc],
+            &[
+                sl("web-a", "web", "[{name: http, port: 8080}]", "[{addresses: [10.0.0.1]}]"),
+                sl("web-b", "web", "[{name: http, port: 9090}]", "[{addresses: [10.0.0.2]}]"),
+            ],
+        );
         assert_eq!(ep_strs(&sp(&state, "web", "http", Protocol::Tcp).endpoints), ["10.0.0.1:8080", "10.0.0.2:9090"]);
     }
 
     #[test]
     fn same_ip_with_different_ports_is_not_deduplicated() {
-        let state = run_ok(&[sv("svc1", SVC1)], &[
-            sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2], nodeName: node-a}]"),
-            sl("svc1-2", "svc1", "[{name: port-0, port: 8080}]", "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2], nodeName: node-a}]"),
-        ]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[
+                sl(
+                    "svc1-1",
+                    "svc1",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2], nodeName: node-a}]",
+                ),
+                sl(
+                    "svc1-2",
+                    "svc1",
+                    "[{name: port-0, port: 8080}]",
+                    "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2], nodeName: node-a}]",
+                ),
+            ],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert_eq!(ep_strs(&st.endpoints), ["10.0.1.1:80", "10.0.1.1:8080", "10.0.1.2:80", "10.0.1.2:8080"]);
         assert_eq!(st.endpoints.iter().filter(|e| e.local).count(), 2);
@@ -1493,10 +1661,13 @@ mod tests {
     #[test]
     fn unnamed_port_matches_empty_name_and_nil_name_is_ignored() {
         let svc = sv("svc1", "{clusterIP: 172.30.0.41, ports: [{port: 80}]}");
-        let (state, errors) = run(&[svc], &[
-            sl("svc1-1", "svc1", "[{name: '', port: 8080}]", "[{addresses: [10.0.1.1]}]"),
-            sl("svc1-2", "svc1", "[{port: 9090}]", "[{addresses: [10.0.1.2]}]"),
-        ]);
+        let (state, errors) = run(
+            &[svc],
+            &[
+                sl("svc1-1", "svc1", "[{name: '', port: 8080}]", "[{addresses: [10.0.1.1]}]"),
+                sl("svc1-2", "svc1", "[{port: 9090}]", "[{addresses: [10.0.1.2]}]"),
+            ],
+        );
         assert_eq!(ep_strs(&sp(&state, "svc1", "", Protocol::Tcp).endpoints), ["10.0.1.1:8080"]);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!((errors[0].kind.as_str(), errors[0].name.as_str()), ("EndpointSlice", "svc1-2"));
@@ -1505,10 +1676,13 @@ mod tests {
 
     #[test]
     fn nil_and_zero_ports_are_ignored() {
-        let (state, errors) = run(&[sv("svc1", SVC1)], &[
-            sl("svc1-1", "svc1", "[{name: port-0}]", "[{addresses: [10.0.1.1]}]"),
-            sl("svc1-2", "svc1", "[{name: port-0, port: 0}]", "[{addresses: [10.0.1.2]}]"),
-        ]);
+        let (state, errors) = run(
+            &[sv("svc1", SVC1)],
+            &[
+                sl("svc1-1", "svc1", "[{name: port-0}]", "[{addresses: [10.0.1.1]}]"),
+                sl("svc1-2", "svc1", "[{name: port-0, port: 0}]", "[{addresses: [10.0.1.2]}]"),
+            ],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert!(st.endpoints.is_empty());
         assert!(!st.has_any_endpoints);
@@ -1525,7 +1699,10 @@ mod tests {
             "{metadata: {namespace: ns1, name: svc1-v6, labels: {kubernetes.io/service-name: svc1}}, addressType: IPv6, \
              ports: [{name: port-0, port: 80}], endpoints: [{addresses: ['fd00::1']}]}",
         );
-        let state = run_ok(&[sv("svc1", SVC1)], &[fqdn, v6, sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}]")]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[fqdn, v6, sl("svc1-1", "svc1", "[{name: port-0, port: 80}]", "[{addresses: [10.0.1.1]}]")],
+        );
         assert_eq!(ep_strs(&sp(&state, "svc1", "port-0", Protocol::Tcp).endpoints), ["10.0.1.1:80"]);
     }
 
@@ -1559,32 +1736,35 @@ mod tests {
         let live = "[{addresses: [10.0.1.1], conditions: {ready: true}}]";
         // Whatever the slice order, the non-terminating endpoint wins (B5).
         for (a, b) in [(term, live), (live, term)] {
-            let state = run_ok(&[sv("svc1", SVC1)], &[
-                sl("svc1-a", "svc1", "[{name: port-0, port: 80}]", a),
-                sl("svc1-b", "svc1", "[{name: port-0, port: 80}]", b),
-            ]);
+            let state = run_ok(
+                &[sv("svc1", SVC1)],
+                &[sl("svc1-a", "svc1", "[{name: port-0, port: 80}]", a), sl("svc1-b", "svc1", "[{name: port-0, port: 80}]", b)],
+            );
             let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
             assert_eq!(st.endpoints.len(), 1);
             assert!(st.endpoints[0].ready && !st.endpoints[0].terminating, "{:?}", st.endpoints);
         }
         // Two terminating copies stay terminating.
-        let state = run_ok(&[sv("svc1", SVC1)], &[
-            sl("svc1-a", "svc1", "[{name: port-0, port: 80}]", term),
-            sl("svc1-b", "svc1", "[{name: port-0, port: 80}]", term),
-        ]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[sl("svc1-a", "svc1", "[{name: port-0, port: 80}]", term), sl("svc1-b", "svc1", "[{name: port-0, port: 80}]", term)],
+        );
         assert!(sp(&state, "svc1", "port-0", Protocol::Tcp).endpoints[0].terminating);
     }
 
     #[test]
     fn condition_defaults_and_locality() {
-        let state = run_ok(&[sv("svc1", SVC1)], &[sl(
-            "svc1-1",
-            "svc1",
-            "[{name: port-0, port: 80}]",
-            "[{addresses: [10.0.1.1], nodeName: node-a}, \
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[sl(
+                "svc1-1",
+                "svc1",
+                "[{name: port-0, port: 80}]",
+                "[{addresses: [10.0.1.1], nodeName: node-a}, \
               {addresses: [10.0.1.2], nodeName: node-b, conditions: {ready: false}}, \
               {addresses: [10.0.1.3], conditions: {ready: false, serving: true, terminating: true}}]",
-        )]);
+            )],
+        );
         let eps = &sp(&state, "svc1", "port-0", Protocol::Tcp).endpoints;
         let flags: Vec<_> = eps.iter().map(|e| (e.ready, e.serving, e.terminating, e.local)).collect();
         assert_eq!(flags, [(true, true, false, true), (false, true, false, false), (false, true, true, false)]);
@@ -1592,12 +1772,15 @@ mod tests {
 
     #[test]
     fn endpoint_lists_are_sorted_by_string() {
-        let state = run_ok(&[sv("svc1", SVC1)], &[sl(
-            "svc1-1",
-            "svc1",
-            "[{name: port-0, port: 80}]",
-            "[{addresses: [10.0.1.2]}, {addresses: [10.0.1.1]}, {addresses: [10.0.1.10]}]",
-        )]);
+        let state = run_ok(
+            &[sv("svc1", SVC1)],
+            &[sl(
+                "svc1-1",
+                "svc1",
+                "[{name: port-0, port: 80}]",
+                "[{addresses: [10.0.1.2]}, {addresses: [10.0.1.1]}, {addresses: [10.0.1.10]}]",
+            )],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert_eq!(ep_strs(&st.endpoints), ["10.0.1.10:80", "10.0.1.1:80", "10.0.1.2:80"]);
         assert_eq!(strs(&st.cluster_endpoints), ["10.0.1.10:80", "10.0.1.1:80", "10.0.1.2:80"]);
@@ -1605,12 +1788,15 @@ mod tests {
 
     #[test]
     fn invalid_endpoint_addresses_are_skipped_and_reported() {
-        let (state, errors) = run(&[sv("svc1", SVC1)], &[sl(
-            "svc1-1",
-            "svc1",
-            "[{name: port-0, port: 80}]",
-            "[{addresses: [not-an-ip]}, {addresses: []}, {addresses: ['fd00::1']}, {addresses: [10.180.00.1, 10.0.0.99]}]",
-        )]);
+        let (state, errors) = run(
+            &[sv("svc1", SVC1)],
+            &[sl(
+                "svc1-1",
+                "svc1",
+                "[{name: port-0, port: 80}]",
+                "[{addresses: [not-an-ip]}, {addresses: []}, {addresses: ['fd00::1']}, {addresses: [10.180.00.1, 10.0.0.99]}]",
+            )],
+        );
         // Sloppy parsing accepts leading zeros and canonicalises (B4); only addresses[0] counts.
         assert_eq!(ep_strs(&sp(&state, "svc1", "port-0", Protocol::Tcp).endpoints), ["10.180.0.1:80"]);
         assert_eq!(errors.len(), 3, "{errors:?}");
@@ -1652,16 +1838,24 @@ mod tests {
 
     #[test]
     fn terminating_fallback_and_not_serving() {
-        let state = run_ok(&[sv("svc1", SVC1), sv("svc2", "{clusterIP: 172.30.0.42, ports: [{name: port-0, port: 80}]}")], &[
-            sl(
-                "svc1-1",
-                "svc1",
-                "[{name: port-0, port: 80}]",
-                "[{addresses: [10.0.1.1], conditions: {ready: false, serving: true, terminating: true}}, \
+        let state = run_ok(
+            &[sv("svc1", SVC1), sv("svc2", "{clusterIP: 172.30.0.42, ports: [{name: port-0, port: 80}]}")],
+            &[
+                sl(
+                    "svc1-1",
+                    "svc1",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.1.1], conditions: {ready: false, serving: true, terminating: true}}, \
                   {addresses: [10.0.1.2], conditions: {ready: false, serving: false, terminating: true}}]",
-            ),
-            sl("svc2-1", "svc2", "[{name: port-0, port: 80}]", "[{addresses: [10.0.2.1], conditions: {ready: false, serving: false, terminating: true}}]"),
-        ]);
+                ),
+                sl(
+                    "svc2-1",
+                    "svc2",
+                    "[{name: port-0, port: 80}]",
+                    "[{addresses: [10.0.2.1], conditions: {ready: false, serving: false, terminating: true}}]",
+                ),
+            ],
+        );
         let st1 = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert_eq!(strs(&st1.cluster_endpoints), ["10.0.1.1:80"]);
         assert!(st1.has_any_endpoints);
@@ -1677,12 +1871,15 @@ mod tests {
             "svc1",
             "{type: NodePort, externalTrafficPolicy: Local, clusterIP: 172.30.0.41, ports: [{name: port-0, port: 80, nodePort: 3001}]}",
         );
-        let state = run_ok(&[svc], &[sl(
-            "svc1-1",
-            "svc1",
-            "[{name: port-0, port: 80}]",
-            "[{addresses: [10.0.1.1], nodeName: node-a}, {addresses: [10.0.1.2], nodeName: node-b}, {addresses: [10.0.1.3]}]",
-        )]);
+        let state = run_ok(
+            &[svc],
+            &[sl(
+                "svc1-1",
+                "svc1",
+                "[{name: port-0, port: 80}]",
+                "[{addresses: [10.0.1.1], nodeName: node-a}, {addresses: [10.0.1.2], nodeName: node-b}, {addresses: [10.0.1.3]}]",
+            )],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert!(st.external_policy_local && !st.internal_policy_local);
         assert_eq!(st.node_port, Some(3001));
@@ -1694,12 +1891,15 @@ mod tests {
     #[test]
     fn internal_traffic_policy_local() {
         let svc = sv("svc1", "{internalTrafficPolicy: Local, clusterIP: 172.30.0.41, ports: [{name: port-0, port: 80}]}");
-        let state = run_ok(&[svc], &[sl(
-            "svc1-1",
-            "svc1",
-            "[{name: port-0, port: 80}]",
-            "[{addresses: [10.0.1.1], nodeName: node-b}, {addresses: [10.0.1.2], nodeName: node-b}]",
-        )]);
+        let state = run_ok(
+            &[svc],
+            &[sl(
+                "svc1-1",
+                "svc1",
+                "[{name: port-0, port: 80}]",
+                "[{addresses: [10.0.1.1], nodeName: node-b}, {addresses: [10.0.1.2], nodeName: node-b}]",
+            )],
+        );
         let st = sp(&state, "svc1", "port-0", Protocol::Tcp);
         assert!(st.internal_policy_local);
         assert!(st.cluster_endpoints.is_empty(), "internal-only iTP=Local never uses cluster endpoints");
@@ -1714,8 +1914,14 @@ mod tests {
             ("{clusterIP: 10.96.0.1, externalTrafficPolicy: Local, externalIPs: [1.2.3.4], ports: [{port: 80}]}", true),
             ("{clusterIP: 10.96.0.1, externalTrafficPolicy: Local, externalIPs: ['2001:db8::1'], ports: [{port: 80}]}", true),
             ("{type: NodePort, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30000}]}", true),
-            ("{type: NodePort, clusterIP: 10.96.0.1, externalTrafficPolicy: Cluster, ports: [{port: 80, nodePort: 30000}]}", false),
-            ("{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30000}]}", true),
+            (
+                "{type: NodePort, clusterIP: 10.96.0.1, externalTrafficPolicy: Cluster, ports: [{port: 80, nodePort: 30000}]}",
+                false,
+            ),
+            (
+                "{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30000}]}",
+                true,
+            ),
         ];
         for (spec, etp_local) in cases {
             let state = run_ok(&[sv("s", spec)], &[]);
@@ -1729,7 +1935,8 @@ mod tests {
     fn health_check_node_port_only_for_lb_with_etp_local() {
         let lb_local = "{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, healthCheckNodePort: 32000, \
                         ports: [{port: 80, nodePort: 30000}]}";
-        let lb_cluster = "{type: LoadBalancer, clusterIP: 10.96.0.2, healthCheckNodePort: 32001, ports: [{port: 80, nodePort: 30001}]}";
+        let lb_cluster =
+            "{type: LoadBalancer, clusterIP: 10.96.0.2, healthCheckNodePort: 32001, ports: [{port: 80, nodePort: 30001}]}";
         let np_local = "{type: NodePort, clusterIP: 10.96.0.3, externalTrafficPolicy: Local, healthCheckNodePort: 32002, \
                         ports: [{port: 80, nodePort: 30002}]}";
         let state = run_ok(&[sv("a", lb_local), sv("b", lb_cluster), sv("c", np_local)], &[]);
@@ -1783,7 +1990,10 @@ mod tests {
     #[test]
     fn malformed_service_is_skipped_while_another_works() {
         let (state, errors) = run(
-            &[sv("bad", "{clusterIP: not-an-ip, ports: [{port: 80}]}"), sv("good", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")],
+            &[
+                sv("bad", "{clusterIP: not-an-ip, ports: [{port: 80}]}"),
+                sv("good", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"),
+            ],
             &[],
         );
         assert_eq!(state.services.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["good"]);
@@ -1815,13 +2025,22 @@ mod tests {
             assert!(errors[0].message.contains(msg), "{name}: {}", errors[0]);
         }
         // The same port number with two protocols is fine (D2).
-        let state = run_ok(&[sv("dns", "{clusterIP: 10.96.0.10, ports: [{name: a, port: 53, protocol: UDP}, {name: a, port: 53, protocol: TCP}]}")], &[]);
+        let state = run_ok(
+            &[sv(
+                "dns",
+                "{clusterIP: 10.96.0.10, ports: [{name: a, port: 53, protocol: UDP}, {name: a, port: 53, protocol: TCP}]}",
+            )],
+            &[],
+        );
         assert_eq!(state.services.len(), 2);
     }
 
     #[test]
     fn duplicate_service_definitions_last_wins() {
-        let (state, errors) = run(&[sv("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"), sv("s", "{clusterIP: 10.96.0.2, ports: [{port: 80}]}")], &[]);
+        let (state, errors) = run(
+            &[sv("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}"), sv("s", "{clusterIP: 10.96.0.2, ports: [{port: 80}]}")],
+            &[],
+        );
         assert_eq!(sp(&state, "s", "", Protocol::Tcp).cluster_ip, Ipv4Addr::new(10, 96, 0, 2));
         assert_eq!(errors.len(), 1);
     }
@@ -1859,7 +2078,13 @@ mod tests {
 
     #[test]
     fn external_ips_are_filtered_to_valid_ipv4() {
-        let (state, errors) = run(&[sv("s", "{clusterIP: 10.96.0.1, externalIPs: [1.2.3.4, '2001:db8::1', bogus, 192.168.099.22], ports: [{port: 80}]}")], &[]);
+        let (state, errors) = run(
+            &[sv(
+                "s",
+                "{clusterIP: 10.96.0.1, externalIPs: [1.2.3.4, '2001:db8::1', bogus, 192.168.099.22], ports: [{port: 80}]}",
+            )],
+            &[],
+        );
         let st = sp(&state, "s", "", Protocol::Tcp);
         assert_eq!(st.external_ips, [Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(192, 168, 99, 22)]);
         assert!(st.externally_accessible());
@@ -1883,12 +2108,10 @@ mod tests {
 
     #[test]
     fn sloppy_ip_parsing_canonicalises() {
-        let state = run_ok(&[sv("s", "{clusterIP: 172.30.0.041, ports: [{name: p80, port: 80, nodePort: 0}]}")], &[sl(
-            "s-1",
-            "s",
-            "[{name: p80, port: 80}]",
-            "[{addresses: [10.180.00.1]}]",
-        )]);
+        let state = run_ok(
+            &[sv("s", "{clusterIP: 172.30.0.041, ports: [{name: p80, port: 80, nodePort: 0}]}")],
+            &[sl("s-1", "s", "[{name: p80, port: 80}]", "[{addresses: [10.180.00.1]}]")],
+        );
         let st = sp(&state, "s", "p80", Protocol::Tcp);
         assert_eq!(st.cluster_ip, Ipv4Addr::new(172, 30, 0, 41));
         assert_eq!(ep_strs(&st.endpoints), ["10.180.0.1:80"]);
@@ -1897,12 +2120,10 @@ mod tests {
 
     #[test]
     fn service_port_without_slice_port_has_no_endpoints() {
-        let state = run_ok(&[sv("s", "{clusterIP: 10.96.0.1, ports: [{name: a, port: 80}, {name: b, port: 81}]}")], &[sl(
-            "s-1",
-            "s",
-            "[{name: a, port: 8080}]",
-            "[{addresses: [10.0.0.1]}]",
-        )]);
+        let state = run_ok(
+            &[sv("s", "{clusterIP: 10.96.0.1, ports: [{name: a, port: 80}, {name: b, port: 81}]}")],
+            &[sl("s-1", "s", "[{name: a, port: 8080}]", "[{addresses: [10.0.0.1]}]")],
+        );
         assert!(sp(&state, "s", "a", Protocol::Tcp).has_any_endpoints);
         let b = sp(&state, "s", "b", Protocol::Tcp);
         assert!(b.endpoints.is_empty() && b.cluster_endpoints.is_empty() && !b.has_any_endpoints);
@@ -1956,6 +2177,7 @@ mod tests {
         assert_eq!(spn("svc", "", Protocol::Udp).to_string(), "ns1/svc/UDP");
         assert_eq!(addr("10.0.0.1:8080").to_string(), "10.0.0.1:8080");
         assert_eq!(ObjectError::new("Service", "ns", "n", "boom").to_string(), "Service ns/n: boom");
+        assert_eq!(ObjectError::new("EndpointSlice", "", "", "x").to_string(), "EndpointSlice <unnamed>: x");
         for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
             assert_eq!(Protocol::parse(&p.to_string()), Some(p));
         }
@@ -1967,8 +2189,10 @@ mod tests {
     #[test]
     fn state_serializes_to_json() {
         let state = run_ok(&[sv("s", "{type: LoadBalancer, clusterIP: 10.96.0.1, loadBalancerSourceRanges: [10.0.0.0/8], ports: [{port: 80, nodePort: 30000}]}")], &[]);
-        let v = serde_json::to_value(sp(&state, "s", "", Protocol::Tcp)).expect("json");
-        assert_eq!(v["load_balancer_source_ranges"], serde_json::json!(["10.0.0.0/8"]));
-        assert_eq!(v["protocol"], serde_json::json!("TCP"));
+        let v = serde_json::to_value(&state).expect("json");
+        let st = &v["services"]["ns1/s/TCP"];
+        assert_eq!(st["load_balancer_source_ranges"], serde_json::json!(["10.0.0.0/8"]));
+        assert_eq!(st["protocol"], serde_json::json!("TCP"));
+        assert_eq!(st["node_port"], serde_json::json!(30000));
     }
 }

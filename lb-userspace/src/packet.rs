@@ -37,7 +37,8 @@ pub fn build(proto: Protocol, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u
             sctp[8..12].copy_from_slice(&crc.to_le_bytes());
             let ip = etherparse::Ipv4Header::new(sctp.len() as u16, 64, etherparse::IpNumber(132), src.octets(), dst.octets())
                 .expect("payload fits");
-            let eth = etherparse::Ethernet2Header { source: SRC_MAC, destination: DST_MAC, ether_type: etherparse::EtherType::IPV4 };
+            let eth =
+                etherparse::Ethernet2Header { source: SRC_MAC, destination: DST_MAC, ether_type: etherparse::EtherType::IPV4 };
             eth.write(&mut out).expect("writing to a Vec");
             ip.write(&mut out).expect("writing to a Vec");
             out.extend_from_slice(&sctp);

@@ -46,8 +46,8 @@ pub fn setup() -> Result<()> {
         .context("the nightly toolchain is needed to build eBPF (rustup toolchain install nightly)")?;
 
     // 2. rust-src for -Z build-std=core.
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"])).unwrap_or_default();
     if step("nightly rust-src", installed.lines().any(|l| l.starts_with("rust-src"))) {
         crate::run({
             let mut c = Command::new("rustup");

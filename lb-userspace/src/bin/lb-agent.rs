@@ -5,14 +5,19 @@
 //! (`dataplane::writer`) → maps pinned under `--bpffs`. The tc program is attached at ingress
 //! of every interface matching `--interfaces`, including interfaces created later.
 
-use std::{path::PathBuf, time::{Duration, Instant}};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_userspace::{
     dataplane::{
         attach::{watch_links, Attacher, InterfaceSelector},
-        load_object, pin::PinDir, pin_object_maps,
+        load_object,
+        pin::PinDir,
+        pin_object_maps,
         writer::Writer,
         Capacity, MapSet,
     },
@@ -20,7 +25,10 @@ use lb_userspace::{
     model::{self, TranslateOptions},
     trace::{default_node_name, node_info},
 };
-use tokio::{signal::unix::{signal, SignalKind}, sync::mpsc};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]

@@ -1,18 +1,14 @@
 //! `lbctl`: inspect a running agent's datapath (pinned maps) and trace packets through the
 //! real programs.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{
-    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, scope, svc_flags, Backend, Counter, CtEntry, CtKey,
-    ServiceKey, ServiceValue,
+    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, scope, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceKey,
+    ServiceValue,
 };
 use lb_userspace::{
     dataplane::{decode_name, names, pin::PinDir, NAME_LEN},
@@ -169,11 +165,16 @@ fn endpoint(addr: u32, port: u16) -> String {
 }
 
 fn backend_flag_names(f: u8) -> Vec<&'static str> {
-    [(backend_flags::READY, "ready"), (backend_flags::SERVING, "serving"), (backend_flags::TERMINATING, "terminating"), (backend_flags::LOCAL, "local")]
-        .into_iter()
-        .filter(|(b, _)| f & b != 0)
-        .map(|(_, n)| n)
-        .collect()
+    [
+        (backend_flags::READY, "ready"),
+        (backend_flags::SERVING, "serving"),
+        (backend_flags::TERMINATING, "terminating"),
+        (backend_flags::LOCAL, "local"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| f & b != 0)
+    .map(|(_, n)| n)
+    .collect()
 }
 
 #[derive(Serialize)]
@@ -191,7 +192,14 @@ impl Rows for BackendRow {
         vec!["ID", "ADDRESS", "PROTO", "SVC-ID", "SERVICE", "FLAGS"]
     }
     fn cells(&self) -> Vec<String> {
-        vec![self.id.to_string(), self.address.clone(), self.protocol.clone(), self.service_port_id.to_string(), self.service.clone(), self.flags.join(",")]
+        vec![
+            self.id.to_string(),
+            self.address.clone(),
+            self.protocol.clone(),
+            self.service_port_id.to_string(),
+            self.service.clone(),
+            self.flags.join(","),
+        ]
     }
 }
 
@@ -277,11 +285,12 @@ fn services(pins: &PinDir) -> Result<Vec<ServiceRow>> {
                 }
             }
         }
-        let flags = [(svc_flags::NO_ENDPOINTS, "no-endpoints"), (svc_flags::LOCAL_TABLE, "local"), (svc_flags::AFFINITY, "affinity")]
-            .into_iter()
-            .filter(|(b, _)| v.flags & b != 0)
-            .map(|(_, n)| n)
-            .collect();
+        let flags =
+            [(svc_flags::NO_ENDPOINTS, "no-endpoints"), (svc_flags::LOCAL_TABLE, "local"), (svc_flags::AFFINITY, "affinity")]
+                .into_iter()
+                .filter(|(b, _)| v.flags & b != 0)
+                .map(|(_, n)| n)
+                .collect();
         rows.push(ServiceRow {
             frontend: endpoint(k.addr, k.port),
             protocol: proto_name(k.proto),
@@ -295,7 +304,14 @@ fn services(pins: &PinDir) -> Result<Vec<ServiceRow>> {
             backends: all_backends
                 .iter()
                 .filter(|b| b.service_port_id == v.id)
-                .map(|b| BackendRow { id: b.id, address: b.address.clone(), protocol: b.protocol.clone(), service_port_id: b.service_port_id, service: b.service.clone(), flags: b.flags.clone() })
+                .map(|b| BackendRow {
+                    id: b.id,
+                    address: b.address.clone(),
+                    protocol: b.protocol.clone(),
+                    service_port_id: b.service_port_id,
+                    service: b.service.clone(),
+                    flags: b.flags.clone(),
+                })
                 .collect(),
         });
     }

@@ -57,10 +57,8 @@ pub fn interfaces() -> Vec<(String, u32)> {
 
 /// Loads the pod-facing program into the kernel (once).
 pub fn load_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(names::PROG_POD_INGRESS)
-        .context("program lb_pod_ingress missing")?
-        .try_into()?;
+    let prog: &mut SchedClassifier =
+        ebpf.program_mut(names::PROG_POD_INGRESS).context("program lb_pod_ingress missing")?.try_into()?;
     if prog.fd().is_err() {
         prog.load().context("loading lb_pod_ingress (verifier)")?;
     }
@@ -78,12 +76,8 @@ impl Attacher {
     pub fn reconcile(&mut self, ebpf: &mut Ebpf, selector: &InterfaceSelector) -> Result<()> {
         let prog = load_pod_program(ebpf)?;
         let present: BTreeMap<String, u32> = interfaces().into_iter().filter(|(n, _)| selector.matches(n)).collect();
-        let stale: Vec<String> = self
-            .attached
-            .iter()
-            .filter(|(n, (idx, _))| present.get(*n) != Some(idx))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let stale: Vec<String> =
+            self.attached.iter().filter(|(n, (idx, _))| present.get(*n) != Some(idx)).map(|(n, _)| n.clone()).collect();
         for name in stale {
             if let Some((_, link)) = self.attached.remove(&name) {
                 // The interface is gone (or was replaced): its link went with it.

@@ -155,8 +155,7 @@ impl Writer {
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
         let mut report = SyncReport { service_ports: desired.services.len(), ..Default::default() };
 
-        let gone: Vec<ServicePortName> =
-            self.programmed.keys().filter(|n| !desired.services.contains_key(*n)).cloned().collect();
+        let gone: Vec<ServicePortName> = self.programmed.keys().filter(|n| !desired.services.contains_key(*n)).cloned().collect();
         for name in gone {
             if let Err(e) = self.remove(&name, &mut report) {
                 report.errors.push(format!("{name}: removing: {e:#}"));
@@ -188,11 +187,7 @@ impl Writer {
             }
         }
 
-        let markers: BTreeSet<ServiceKey> = self
-            .programmed
-            .values()
-            .flat_map(|p| p.frontends.keys().map(marker_of))
-            .collect();
+        let markers: BTreeSet<ServiceKey> = self.programmed.values().flat_map(|p| p.frontends.keys().map(marker_of)).collect();
         let marker_value = ServiceValue { id: 0, flags: svc_flags::ADDRESS_MARKER, table: 0, affinity_timeout: 0 };
         for m in markers.difference(&self.markers) {
             if let Err(e) = self.maps.services.insert(m, marker_value, 0) {
@@ -231,11 +226,14 @@ impl Writer {
         }
     }
 
-    fn install_table(&mut self, table_id: u32, eps: &[EndpointAddr], backends: &BTreeMap<EndpointAddr, (u32, u8)>) -> Result<u32> {
-        let members: Vec<MaglevBackend> = eps
-            .iter()
-            .filter_map(|ep| backends.get(ep).map(|(id, _)| MaglevBackend { name: ep.to_string(), id: *id }))
-            .collect();
+    fn install_table(
+        &mut self,
+        table_id: u32,
+        eps: &[EndpointAddr],
+        backends: &BTreeMap<EndpointAddr, (u32, u8)>,
+    ) -> Result<u32> {
+        let members: Vec<MaglevBackend> =
+            eps.iter().filter_map(|ep| backends.get(ep).map(|(id, _)| MaglevBackend { name: ep.to_string(), id: *id })).collect();
         let m = table_size(members.len(), self.max_table_size);
         let mut slots = Vec::with_capacity(m as usize + 1);
         slots.push(m);
@@ -257,7 +255,13 @@ impl Writer {
             let id = self.alloc_id()?;
             self.programmed.insert(
                 name.clone(),
-                Programmed { id, frontends: BTreeMap::new(), backends: BTreeMap::new(), cluster: Table::default(), local: Table::default() },
+                Programmed {
+                    id,
+                    frontends: BTreeMap::new(),
+                    backends: BTreeMap::new(),
+                    cluster: Table::default(),
+                    local: Table::default(),
+                },
             );
             if let Err(e) = self.maps.names.insert(id, encode_name(&name.to_string()), 0) {
                 debug!("LB_NAMES {id}: {e}");
@@ -292,7 +296,13 @@ impl Writer {
                     self.alloc_backend_id()
                 }
             };
-            let b = Backend { addr: lb_common::ip_to_map(addr.ip.octets()), port: port_to_map(addr.port), proto, flags: *flags, svc_id: p.id };
+            let b = Backend {
+                addr: lb_common::ip_to_map(addr.ip.octets()),
+                port: port_to_map(addr.port),
+                proto,
+                flags: *flags,
+                svc_id: p.id,
+            };
             if let Err(e) = self.maps.backends.insert(id, b, 0) {
                 if !p.backends.contains_key(addr) {
                     self.backend_ids.remove(&id);
