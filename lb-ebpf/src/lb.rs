@@ -9,8 +9,8 @@
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{
-    backend_flags, ct_dir, hash::flow_hash, scope, svc_flags, Backend, Counter, CtEntry, CtKey,
-    ServiceValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    backend_flags, ct_dir, hash::flow_hash, scope, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -37,9 +37,7 @@ pub fn pod_ingress(ctx: &TcContext) -> Verdict {
     let Some(l4) = pkt.l4 else {
         // Fragments and truncated headers cannot be translated consistently: never let them
         // reach a service address un-NATed.
-        if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
-            && service::is_service_addr(pkt.daddr, scope::CLUSTER_IP)
-        {
+        if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr, scope::CLUSTER_IP) {
             stats::inc(Counter::DropUnparsable);
             return Verdict::Drop;
         }

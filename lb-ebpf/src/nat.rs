@@ -42,14 +42,7 @@ fn l4_check_off(pkt: &Ipv4Packet) -> Option<(usize, u64)> {
 
 /// Rewrites one side of the packet to `addr:port` (map representation, i.e. network order).
 #[inline(always)]
-pub fn rewrite(
-    ctx: &TcContext,
-    pkt: &Ipv4Packet,
-    side: Side,
-    old_port: u16,
-    addr: u32,
-    port: u16,
-) -> Result<(), RewriteFailed> {
+pub fn rewrite(ctx: &TcContext, pkt: &Ipv4Packet, side: Side, old_port: u16, addr: u32, port: u16) -> Result<(), RewriteFailed> {
     let (addr_off, port_off, old_addr) = match side {
         Side::Dst => (IP_DADDR_OFF, pkt.l4_off + 2, pkt.daddr),
         Side::Src => (IP_SADDR_OFF, pkt.l4_off, pkt.saddr),
@@ -60,15 +53,13 @@ pub fn rewrite(
                 .map_err(|_| RewriteFailed)?;
         }
         let old_check: u16 = ctx.load(IP_CHECK_OFF).map_err(|_| RewriteFailed)?;
-        let new_check =
-            csum::update32(u16::from_be(old_check), old_addr.to_ne_bytes(), addr.to_ne_bytes()).to_be();
+        let new_check = csum::update32(u16::from_be(old_check), old_addr.to_ne_bytes(), addr.to_ne_bytes()).to_be();
         ctx.store(addr_off, &addr, 0).map_err(|_| RewriteFailed)?;
         ctx.store(IP_CHECK_OFF, &new_check, 0).map_err(|_| RewriteFailed)?;
     }
     if old_port != port {
         if let Some((check_off, flags)) = l4_check_off(pkt) {
-            ctx.l4_csum_replace(check_off, old_port as u64, port as u64, flags | 2)
-                .map_err(|_| RewriteFailed)?;
+            ctx.l4_csum_replace(check_off, old_port as u64, port as u64, flags | 2).map_err(|_| RewriteFailed)?;
         }
         ctx.store(port_off, &port, 0).map_err(|_| RewriteFailed)?;
     }

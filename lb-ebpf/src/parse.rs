@@ -108,11 +108,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         PROTO_TCP => ptr_at::<[u8; 20]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
-            L4 {
-                sport: u16::from_ne_bytes([h[0], h[1]]),
-                dport: u16::from_ne_bytes([h[2], h[3]]),
-                tcp_flags: h[13],
-            }
+            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: h[13] }
         }),
         PROTO_UDP => ptr_at::<[u8; 8]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.

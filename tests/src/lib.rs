@@ -1,1 +1,9 @@
+//! Test infrastructure shared by the end-to-end tests and `cargo xtask demo`: network
+//! namespace topologies, the `lb-echo` backend, traffic clients, the agent process.
 
+pub mod agent;
+pub mod client;
+pub mod netns;
+pub mod privileges;
+pub mod topo;
+pub mod wait;

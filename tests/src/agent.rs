@@ -1,0 +1,148 @@
+//! Running the real `lb-agent` binary inside a topology's node namespace, and `lbctl` against it.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The directory holding the project's binaries (lb-agent, lbctl, lb-echo): env `LB_BIN_DIR`,
+/// else next to the running executable (test binaries live in target/<profile>/deps).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LB_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe has a parent").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir
+    }
+}
+
+/// A running agent; killed (and its pins removed) on drop if not stopped.
+pub struct Agent {
+    child: Option<Child>,
+    pub bpffs: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Agent {
+    /// Starts lb-agent in `netns` (network namespace only, via nsenter, so the bpffs pins stay
+    /// visible to lbctl) and waits until it reports `ready`.
+    pub fn start(netns: &str, manifests: &Path, interfaces: &str, bpffs: &Path, extra: &[&str]) -> Result<Agent> {
+        let log_path =
+            std::env::temp_dir().join(format!("lb-agent-{}.log", bpffs.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
+        let log = File::create(&log_path)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg(bin_dir().join("lb-agent"))
+            .arg("--manifests")
+            .arg(manifests)
+            .args(["--interfaces", interfaces])
+            .arg("--bpffs")
+            .arg(bpffs)
+            .args(["--hostname-override", "node1", "--min-sync-period", "100ms"])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning lb-agent")?;
+        let mut agent = Agent { child: Some(child), bpffs: bpffs.to_path_buf(), log_path };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent.log().contains(" ready") {
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("lb-agent exited ({status}) before it was ready:\n{}", agent.log());
+            }
+            if Instant::now() > deadline {
+                bail!("lb-agent not ready after 30 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `lbctl --bpffs <ours> ARGS -o json` and parses its output.
+    pub fn lbctl_json(&self, args: &[&str]) -> Result<Value> {
+        let out =
+            Command::new(bin_dir().join("lbctl")).arg("--bpffs").arg(&self.bpffs).args(args).args(["-o", "json"]).output()?;
+        if !out.status.success() {
+            bail!("lbctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Backend address → Maglev slots, for the frontend `ip:port` (empty if not programmed).
+    pub fn active_backends(&self, frontend: &str) -> Result<BTreeMap<String, u64>> {
+        let services = self.lbctl_json(&["services"])?;
+        Ok(active_backends(&services, frontend))
+    }
+
+    /// The counters of `lbctl stats`.
+    pub fn stats(&self) -> Result<BTreeMap<String, u64>> {
+        let v = self.lbctl_json(&["stats"])?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r["counter"].as_str()?.to_string(), r["value"].as_u64()?)))
+            .collect())
+    }
+
+    /// SIGTERM and wait (≤ 15 s) for a clean exit.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("lb-agent did not exit within 15 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&self.bpffs);
+        }
+    }
+}
+
+/// Backend address → Maglev slots for `frontend` in `lbctl services -o json` output.
+pub fn active_backends(services: &Value, frontend: &str) -> BTreeMap<String, u64> {
+    services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["frontend"] == frontend)
+        .flat_map(|s| s["active_backends"].as_object().cloned().unwrap_or_default())
+        .filter_map(|(k, v)| Some((k, v.as_u64()?)))
+        .collect()
+}

@@ -1,0 +1,69 @@
+//! Backend server for tests and the demo: TCP answers its name on connect and to every line;
+//! UDP answers its name to every datagram. Prints "ready" once listening.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    tcp: Option<u16>,
+    #[arg(long)]
+    udp: Option<u16>,
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+}
+
+fn serve(mut s: TcpStream, answer: String) {
+    if s.write_all(answer.as_bytes()).is_err() {
+        return;
+    }
+    let mut r = BufReader::new(match s.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        if s.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let answer = format!("{}\n", args.name);
+    let tcp = args.tcp.map(|p| TcpListener::bind((args.bind.as_str(), p))).transpose()?;
+    let udp = args.udp.map(|p| UdpSocket::bind((args.bind.as_str(), p))).transpose()?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut threads = Vec::new();
+    if let Some(l) = tcp {
+        let answer = answer.clone();
+        threads.push(std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let a = answer.clone();
+                std::thread::spawn(move || serve(s, a));
+            }
+        }));
+    }
+    if let Some(u) = udp {
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(answer.as_bytes(), from);
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Traffic clients. Sockets are created inside a namespace (see [`crate::netns::in_netns`]).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::netns::in_netns;
+
+fn hello(dst: SocketAddrV4, timeout: Duration) -> Result<(String, BufReader<TcpStream>)> {
+    let s = TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout).with_context(|| format!("connect {dst}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).context("reading the backend's name")?;
+    anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
+    Ok((line.trim().to_string(), r))
+}
+
+/// `n` sequential new TCP connections: connect, read the backend's name, close.
+pub fn tcp_hello(netns: &str, dst: SocketAddrV4, n: usize, timeout: Duration) -> Vec<Result<String>> {
+    in_netns(netns, || (0..n).map(|_| hello(dst, timeout).map(|(name, _)| name)).collect())
+}
+
+/// `n` new UDP flows, each a fresh connected socket (so only replies from `dst` are accepted).
+pub fn udp_hello(netns: &str, dst: SocketAddrV4, n: usize, timeout: Duration) -> Vec<Result<String>> {
+    in_netns(netns, || {
+        (0..n)
+            .map(|_| {
+                let f = UdpFlow::new(dst)?;
+                f.send_recv(timeout)
+            })
+            .collect()
+    })
+}
+
+/// Established TCP connections kept open.
+pub struct HeldTcp {
+    conns: Vec<(String, BufReader<TcpStream>)>,
+}
+
+impl HeldTcp {
+    pub fn open(netns: &str, dst: SocketAddrV4, n: usize, timeout: Duration) -> Result<HeldTcp> {
+        let conns = in_netns(netns, || (0..n).map(|_| hello(dst, timeout)).collect::<Result<Vec<_>>>())?;
+        Ok(HeldTcp { conns })
+    }
+
+    /// The backend name each connection got when it was opened.
+    pub fn names(&self) -> Vec<String> {
+        self.conns.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// "ping" on every connection; each answer is the name of the backend serving it now.
+    pub fn ping(&mut self, timeout: Duration) -> Vec<Result<String>> {
+        self.conns
+            .iter_mut()
+            .map(|(_, r)| {
+                r.get_ref().set_read_timeout(Some(timeout))?;
+                r.get_mut().write_all(b"ping\n")?;
+                let mut line = String::new();
+                r.read_line(&mut line)?;
+                anyhow::ensure!(!line.is_empty(), "connection closed");
+                Ok(line.trim().to_string())
+            })
+            .collect()
+    }
+}
+
+/// One UDP flow: a connected socket with a fixed source port.
+pub struct UdpFlow {
+    socket: UdpSocket,
+}
+
+impl UdpFlow {
+    fn new(dst: SocketAddrV4) -> Result<UdpFlow> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(dst)?;
+        Ok(UdpFlow { socket })
+    }
+
+    /// Opens a flow from inside `netns`.
+    pub fn open(netns: &str, dst: SocketAddrV4) -> Result<UdpFlow> {
+        in_netns(netns, || UdpFlow::new(dst))
+    }
+
+    pub fn send_recv(&self, timeout: Duration) -> Result<String> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        self.socket.send(b"hi")?;
+        let mut buf = [0u8; 256];
+        let n = self.socket.recv(&mut buf).context("waiting for the UDP answer")?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    }
+}
+
+/// Answers per backend name, and the number of failures.
+pub fn count_by_name(results: &[Result<String>]) -> (BTreeMap<String, usize>, usize) {
+    let mut counts = BTreeMap::new();
+    let mut errors = 0;
+    for r in results {
+        match r {
+            Ok(name) => *counts.entry(name.clone()).or_insert(0) += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    (counts, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_names_and_errors() {
+        let r = vec![Ok("a".to_string()), Ok("b".into()), Ok("a".into()), Err(anyhow::anyhow!("x"))];
+        let (c, e) = count_by_name(&r);
+        assert_eq!(c["a"], 2);
+        assert_eq!(c["b"], 1);
+        assert_eq!(e, 1);
+    }
+}

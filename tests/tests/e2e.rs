@@ -1,0 +1,226 @@
+//! End-to-end: network namespaces, the real lb-agent binary, real TCP/UDP sockets through a
+//! ClusterIP. Each test builds its own topology (unique tag) and agent (own bpffs dir).
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::Agent,
+    client::{count_by_name, tcp_hello, udp_hello, HeldTcp, UdpFlow},
+    privileges::require_root,
+    topo::{PodSpec, Topology},
+    wait,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const T: Duration = Duration::from_secs(3);
+
+/// (pod name, ready, serving, terminating)
+type Ep<'a> = (&'a str, bool, bool, bool);
+
+struct Env {
+    topo: Topology,
+    agent: Agent,
+    dir: PathBuf,
+}
+
+fn ip_of(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, 11 + i as u8)
+}
+
+const NAMES: [&str; 4] = ["backend-a", "backend-b", "backend-c", "backend-d"];
+
+fn write_manifests(dir: &Path, eps: &[Ep]) {
+    let svc = r#"apiVersion: v1
+kind: Service
+metadata: {namespace: e2e, name: echo}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: tcp, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: udp, port: 53, targetPort: 5353, protocol: UDP}
+"#;
+    let mut slice = String::from(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  namespace: e2e\n  name: echo-1\n  labels: {kubernetes.io/service-name: echo}\naddressType: IPv4\nports:\n- {name: tcp, port: 8080, protocol: TCP}\n- {name: udp, port: 5353, protocol: UDP}\nendpoints:\n",
+    );
+    for (name, ready, serving, terminating) in eps {
+        let i = NAMES.iter().position(|n| n == name).expect("known backend");
+        slice.push_str(&format!(
+            "- addresses: [{}]\n  conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}\n  nodeName: node1\n",
+            ip_of(i)
+        ));
+    }
+    std::fs::write(dir.join("svc.yaml"), svc).unwrap();
+    // Replace by rename, as editors and kubectl-style tools do.
+    let tmp = dir.join(".slice.yaml.tmp");
+    std::fs::write(&tmp, slice).unwrap();
+    std::fs::rename(&tmp, dir.join("slice.yaml")).unwrap();
+}
+
+fn ready(name: &str) -> Ep<'_> {
+    (name, true, true, false)
+}
+
+impl Env {
+    fn new(tag: &str, backends: usize, eps: &[Ep]) -> Env {
+        let mut pods = vec![PodSpec { name: "client".into(), ip: Ipv4Addr::new(10, 244, 1, 10) }];
+        pods.extend((0..backends).map(|i| PodSpec { name: NAMES[i].into(), ip: ip_of(i) }));
+        let mut topo = Topology::create(tag, &pods).expect("topology");
+        for name in &NAMES[..backends] {
+            topo.spawn_echo(name, name, 8080, 5353).expect("echo server");
+        }
+        let dir = std::env::temp_dir().join(format!("lb-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_manifests(&dir, eps);
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-e2e-{tag}"));
+        let agent = Agent::start(&topo.node_netns, &dir, &topo.host_if_pattern(), &bpffs, &[]).expect("agent");
+        let env = Env { topo, agent, dir };
+        env.wait_active(&eps.iter().filter(|e| e.1).map(|e| e.0).collect::<Vec<_>>());
+        env
+    }
+
+    fn client(&self) -> String {
+        self.topo.pod("client").netns.clone()
+    }
+
+    /// Waits until the TCP frontend's Maglev table holds exactly these backends.
+    fn wait_active(&self, names: &[&str]) {
+        let want: BTreeSet<String> =
+            names.iter().map(|n| format!("{}:8080", ip_of(NAMES.iter().position(|x| x == n).unwrap()))).collect();
+        wait::until(&format!("Maglev table = {names:?}"), Duration::from_secs(20), || {
+            let got: BTreeSet<String> = self.agent.active_backends("10.96.0.10:80").ok()?.into_keys().collect();
+            (got == want).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", self.agent.log()));
+    }
+
+    fn set_endpoints(&self, eps: &[Ep]) {
+        write_manifests(&self.dir, eps);
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_balanced(label: &str, results: &[anyhow::Result<String>], names: &[&str]) {
+    let (counts, errors) = count_by_name(results);
+    println!("{label}: {counts:?}, {errors} errors");
+    assert_eq!(errors, 0, "{label}: failures: {:?}", results.iter().filter_map(|r| r.as_ref().err()).take(3).collect::<Vec<_>>());
+    for n in names {
+        let c = counts.get(*n).copied().unwrap_or(0);
+        assert!(c * 100 >= results.len() * 15, "{label}: {n} got {c}/{} (< 15%): {counts:?}", results.len());
+    }
+}
+
+#[test]
+fn tcp_and_udp_through_clusterip_reach_all_backends() {
+    if !require_root("tcp_and_udp_through_clusterip_reach_all_backends") {
+        return;
+    }
+    let env = Env::new("e1", 3, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
+    let tcp = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 300, T);
+    assert_balanced("TCP", &tcp, &NAMES[..3]);
+    // Connected UDP sockets only accept replies from the VIP: every answer proves reverse NAT.
+    let udp = udp_hello(&env.client(), SocketAddrV4::new(VIP, 53), 300, T);
+    assert_balanced("UDP", &udp, &NAMES[..3]);
+    let stats = env.agent.stats().unwrap();
+    // 600 flows; the kernel may hand a client the same ephemeral port twice, and such a flow
+    // rightly hits its conntrack entry instead of counting as new.
+    assert!(stats["new_flows"] >= 570 && stats["new_flows"] <= 600, "{stats:?}");
+    assert!(stats["reply_packets"] >= 600, "{stats:?}");
+    assert_eq!(stats["drop_rewrite_failed"], 0);
+}
+
+#[test]
+fn established_tcp_keeps_its_backend_when_the_slice_gains_one() {
+    if !require_root("established_tcp_keeps_its_backend_when_the_slice_gains_one") {
+        return;
+    }
+    let env = Env::new("e2", 4, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
+    let mut held = HeldTcp::open(&env.client(), SocketAddrV4::new(VIP, 80), 30, T).expect("30 connections");
+    let before = held.names();
+    env.set_endpoints(&[ready("backend-a"), ready("backend-b"), ready("backend-c"), ready("backend-d")]);
+    env.wait_active(&NAMES);
+    let after: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("established connection still answers")).collect();
+    assert_eq!(before, after, "every established connection kept its backend");
+    // New connections do reach the new backend.
+    let tcp = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 200, T);
+    assert_balanced("TCP after join", &tcp, &NAMES);
+}
+
+#[test]
+fn removed_backend_gets_no_new_connections_and_udp_flows_move() {
+    if !require_root("removed_backend_gets_no_new_connections_and_udp_flows_move") {
+        return;
+    }
+    let env = Env::new("e3", 3, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
+    let client = env.client();
+    let flows: Vec<UdpFlow> = (0..30).map(|_| UdpFlow::open(&client, SocketAddrV4::new(VIP, 53)).unwrap()).collect();
+    let first: Vec<String> = flows.iter().map(|f| f.send_recv(T).unwrap()).collect();
+    assert!(first.iter().any(|n| n == "backend-c"), "some UDP flow on backend-c: {first:?}");
+
+    env.set_endpoints(&[ready("backend-a"), ready("backend-b")]);
+    env.wait_active(&NAMES[..2]);
+    let tcp = tcp_hello(&client, SocketAddrV4::new(VIP, 80), 200, T);
+    let (counts, errors) = count_by_name(&tcp);
+    assert_eq!(errors, 0);
+    assert!(!counts.contains_key("backend-c"), "{counts:?}");
+    for (flow, was) in flows.iter().zip(&first) {
+        let now = flow.send_recv(T).expect("UDP flow answered after the backend left");
+        assert_ne!(now, "backend-c");
+        if was != "backend-c" {
+            assert_eq!(&now, was, "flows on live backends stay");
+        }
+    }
+}
+
+#[test]
+fn terminating_serving_backend_keeps_established_connections_but_gets_no_new_ones() {
+    if !require_root("terminating_serving_backend_keeps_established_connections_but_gets_no_new_ones") {
+        return;
+    }
+    let env = Env::new("e4", 3, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
+    let mut held = HeldTcp::open(&env.client(), SocketAddrV4::new(VIP, 80), 30, T).expect("30 connections");
+    let before = held.names();
+    assert!(before.iter().any(|n| n == "backend-c"));
+    env.set_endpoints(&[ready("backend-a"), ready("backend-b"), ("backend-c", false, true, true)]);
+    env.wait_active(&NAMES[..2]);
+    let after: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("connection alive")).collect();
+    assert_eq!(before, after);
+    let tcp = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 200, T);
+    let (counts, errors) = count_by_name(&tcp);
+    assert_eq!(errors, 0);
+    assert!(!counts.contains_key("backend-c"), "new connection to a terminating backend: {counts:?}");
+}
+
+#[test]
+fn agent_attaches_interfaces_that_appear_later_and_cleans_up_on_sigterm() {
+    if !require_root("agent_attaches_interfaces_that_appear_later_and_cleans_up_on_sigterm") {
+        return;
+    }
+    let mut env = Env::new("e5", 1, &[ready("backend-a")]);
+    // A pod created after the agent started: its host-side veth must get the program.
+    env.topo.add_pod(&PodSpec { name: "late".into(), ip: Ipv4Addr::new(10, 244, 1, 30) }).unwrap();
+    let late = env.topo.pod("late").netns.clone();
+    let results = wait::until("late pod reaches the ClusterIP", Duration::from_secs(15), || {
+        let r = tcp_hello(&late, SocketAddrV4::new(VIP, 80), 5, Duration::from_millis(500));
+        r.iter().all(|x| x.is_ok()).then_some(r)
+    })
+    .unwrap();
+    assert_eq!(count_by_name(&results).0.get("backend-a"), Some(&5));
+    let bpffs = env.agent.bpffs.clone();
+    let status = env.agent.stop().unwrap();
+    assert!(status.success(), "agent exit status {status}");
+    assert!(!bpffs.exists(), "pins removed on SIGTERM");
+    // Detached: the ClusterIP no longer answers from the pod.
+    let r = tcp_hello(&late, SocketAddrV4::new(VIP, 80), 1, Duration::from_millis(500));
+    assert!(r[0].is_err(), "traffic still load-balanced after the agent left");
+}

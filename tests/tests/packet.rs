@@ -1,0 +1,468 @@
+//! Packet tests: the real lb_pod_ingress program through BPF_PROG_TEST_RUN on crafted frames,
+//! with maps programmed by the agent's own translation and writer. Output bytes are compared
+//! field by field and checksums are verified with etherparse (an independent implementation).
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf,
+};
+use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
+use lb_common::{
+    hash::flow_hash,
+    ip_to_map,
+    maglev::{build_table, table_size, MaglevBackend},
+    port_to_map, Counter, CtEntry, CtKey,
+};
+use lb_tests::privileges::require_root;
+use lb_userspace::{
+    dataplane::{attach::load_pod_program, load_object, names, writer::Writer, Capacity, MapSet},
+    manifests,
+    model::{translate, DesiredState, EndpointAddr, NodeInfo, Protocol, ServicePortName, TranslateOptions},
+    packet::{self, summarize},
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+
+fn service_yaml(endpoints: &[(&str, bool, bool, bool)]) -> String {
+    let mut eps = String::new();
+    for (ip, ready, serving, terminating) in endpoints {
+        eps.push_str(&format!(
+            "  - addresses: [{ip}]\n    conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}\n    nodeName: node1\n"
+        ));
+    }
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{namespace: ns, name: web}}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}
+  - {{name: sctp, port: 9, targetPort: 9, protocol: SCTP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{namespace: ns, name: empty}}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - {{name: http, port: 80, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  namespace: ns
+  name: web-1
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 5353, protocol: UDP}}
+- {{name: sctp, port: 9, protocol: SCTP}}
+endpoints:
+{eps}"#
+    )
+}
+
+fn desired(endpoints: &[(&str, bool, bool, bool)]) -> DesiredState {
+    let report = manifests::parse_str(&service_yaml(endpoints), "test.yaml");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node = NodeInfo { name: "node1".into(), labels: Default::default() };
+    let (state, errors) = translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    state
+}
+
+const THREE: [(&str, bool, bool, bool); 3] =
+    [("10.244.1.11", true, true, false), ("10.244.1.12", true, true, false), ("10.244.1.13", true, true, false)];
+
+struct Harness {
+    ebpf: Ebpf,
+    writer: Writer,
+}
+
+impl Harness {
+    fn new(endpoints: &[(&str, bool, bool, bool)]) -> Harness {
+        let cap = Capacity {
+            max_frontends: 1024,
+            max_service_ports: 64,
+            max_backends: 1024,
+            conntrack_entries: 4096,
+            ..Capacity::default()
+        };
+        let mut ebpf = load_object(&cap).expect("load object");
+        let maps = MapSet::take(&mut ebpf, &cap, None).expect("maps");
+        let mut writer =
+            Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT).expect("writer");
+        let report = writer.apply(&desired(endpoints));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        load_pod_program(&mut ebpf).expect("verifier accepts lb_pod_ingress");
+        Harness { ebpf, writer }
+    }
+
+    fn apply(&mut self, endpoints: &[(&str, bool, bool, bool)]) {
+        let report = self.writer.apply(&desired(endpoints));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(names::PROG_POD_INGRESS).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 128];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(names::STATS).unwrap()).unwrap();
+        map.get(&(c as u32), 0).unwrap().iter().sum()
+    }
+
+    fn ct(&self) -> HashMap<&MapData, CtKey, CtEntry> {
+        HashMap::try_from(self.ebpf.map(names::CT).unwrap()).unwrap()
+    }
+}
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 7, 1000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, b"hello").unwrap();
+    out
+}
+
+fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    packet::build(Protocol::Udp, src, sport, dst, dport, b"question")
+}
+
+/// The bytes of `input` with only the expected fields replaced by those of `output`: every
+/// other byte must be identical.
+fn assert_only_changed(input: &[u8], output: &[u8], ranges: &[std::ops::Range<usize>]) {
+    assert_eq!(input.len(), output.len(), "length changed");
+    for (i, (a, b)) in input.iter().zip(output).enumerate() {
+        if !ranges.iter().any(|r| r.contains(&i)) {
+            assert_eq!(a, b, "byte {i} changed ({a:#04x} -> {b:#04x})");
+        }
+    }
+}
+
+/// The Maglev choice user space predicts for a flow (lb-common's hash and table).
+fn predict(h: &Harness, sport: u16, backends: &[&str], port: u16, proto: u8) -> String {
+    let name = ServicePortName {
+        namespace: "ns".into(),
+        name: "web".into(),
+        port_name: if proto == 6 { "http".into() } else { "dns".into() },
+        protocol: if proto == 6 { Protocol::Tcp } else { Protocol::Udp },
+    };
+    let members: Vec<MaglevBackend> = backends
+        .iter()
+        .map(|ip| {
+            let ep = EndpointAddr { ip: ip.parse().unwrap(), port };
+            MaglevBackend { name: ep.to_string(), id: h.writer.backend_id(&name, &ep).expect("programmed") }
+        })
+        .collect();
+    let m = table_size(members.len(), lb_common::maglev::DEFAULT_MAX_TABLE_SIZE);
+    let table = build_table(&members, m);
+    let vport = if proto == 6 { 80 } else { 53 };
+    let hash = flow_hash(ip_to_map(CLIENT.octets()), ip_to_map(VIP.octets()), port_to_map(sport), port_to_map(vport), proto);
+    let id = table[(hash % m) as usize];
+    let ip = members.iter().find(|b| b.id == id).unwrap().name.clone();
+    ip
+}
+
+#[test]
+fn tcp_syn_to_clusterip_is_dnated_with_valid_checksums_and_predicted_backend() {
+    if !require_root("tcp_syn_to_clusterip_is_dnated_with_valid_checksums_and_predicted_backend") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 40000..40060u16 {
+        let input = tcp(CLIENT, sport, VIP, 80, true);
+        let (rc, out) = h.run(&input);
+        assert_eq!(rc, TC_ACT_OK);
+        let s = summarize(&out).unwrap();
+        assert!(s.ip_checksum_ok, "IPv4 checksum");
+        assert!(s.l4_checksum_ok, "TCP checksum");
+        assert_eq!((s.src, s.sport, s.dport), (CLIENT, sport, 8080));
+        let got = format!("{}:{}", s.dst, s.dport);
+        assert_eq!(got, predict(&h, sport, &["10.244.1.11", "10.244.1.12", "10.244.1.13"], 8080, 6), "Maglev choice");
+        // eth 0..14, ip 14..34 (check 24..26, daddr 30..34), tcp 34.. (dport 36..38, check 50..52)
+        assert_only_changed(&input, &out, &[24..26, 30..34, 36..38, 50..52]);
+        seen.insert(got);
+    }
+    assert_eq!(seen.len(), 3, "60 flows reach all 3 backends: {seen:?}");
+    assert_eq!(h.counter(Counter::NewFlows), 60);
+}
+
+#[test]
+fn reply_is_reverse_nated_and_established_flow_keeps_its_backend() {
+    if !require_root("reply_is_reverse_nated_and_established_flow_keeps_its_backend") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let (_, out) = h.run(&tcp(CLIENT, 41000, VIP, 80, true));
+    let first = summarize(&out).unwrap();
+
+    // The backend's SYN-ACK comes back through its own interface: source restored to VIP:80.
+    let reply = tcp(first.dst, 8080, CLIENT, 41000, false);
+    let (rc, out) = h.run(&reply);
+    assert_eq!(rc, TC_ACT_OK);
+    let s = summarize(&out).unwrap();
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (VIP, 80, CLIENT, 41000));
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok);
+    assert_only_changed(&reply, &out, &[24..26, 26..30, 34..36, 50..52]);
+    assert_eq!(h.counter(Counter::ReplyPackets), 1);
+
+    // The table changes (a fourth backend joins): the established flow stays put.
+    h.apply(&[THREE[0], THREE[1], THREE[2], ("10.244.1.14", true, true, false)]);
+    for _ in 0..3 {
+        let (rc, out) = h.run(&tcp(CLIENT, 41000, VIP, 80, false));
+        assert_eq!(rc, TC_ACT_OK);
+        assert_eq!(summarize(&out).unwrap().dst, first.dst);
+    }
+    assert_eq!(h.counter(Counter::NewFlows), 1);
+    // Both directions are tracked.
+    let dirs: Vec<u8> = h.ct().keys().map(|k| k.unwrap().dir).collect();
+    assert_eq!(dirs.len(), 2, "forward and reply entries");
+}
+
+#[test]
+fn udp_checksums_including_zero_checksum() {
+    if !require_root("udp_checksums_including_zero_checksum") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let input = udp(CLIENT, 5000, VIP, 53);
+    let (rc, out) = h.run(&input);
+    assert_eq!(rc, TC_ACT_OK);
+    let s = summarize(&out).unwrap();
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok);
+    assert_eq!(s.dport, 5353);
+    assert_ne!(u16::from_be_bytes([out[40], out[41]]), 0, "UDP checksum present");
+    assert_only_changed(&input, &out, &[24..26, 30..34, 36..38, 40..42]);
+
+    // A datagram sent without a checksum keeps "no checksum".
+    let mut zero = udp(CLIENT, 5001, VIP, 53);
+    zero[40] = 0;
+    zero[41] = 0;
+    let (rc, out) = h.run(&zero);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(&out[40..42], &[0, 0], "zero UDP checksum stays zero");
+    let s = summarize(&out).unwrap();
+    assert!(s.ip_checksum_ok);
+    assert_eq!(s.dport, 5353);
+
+    // UDP replies are reverse-NATed too.
+    let reply = udp(s.dst, 5353, CLIENT, 5001);
+    let (_, out) = h.run(&reply);
+    let r = summarize(&out).unwrap();
+    assert_eq!((r.src, r.sport), (VIP, 53));
+    assert!(r.l4_checksum_ok && r.ip_checksum_ok);
+}
+
+#[test]
+fn sctp_address_rewrite_keeps_crc_valid() {
+    if !require_root("sctp_address_rewrite_keeps_crc_valid") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let input = packet::build(Protocol::Sctp, CLIENT, 7000, VIP, 9, b"chunk");
+    let (rc, out) = h.run(&input);
+    assert_eq!(rc, TC_ACT_OK);
+    let s = summarize(&out).unwrap();
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "CRC32c does not cover the IP header");
+    assert_eq!(s.dport, 9);
+    assert!(s.dst.octets()[..3] == [10, 244, 1]);
+}
+
+#[test]
+fn non_service_traffic_passes_byte_for_byte() {
+    if !require_root("non_service_traffic_passes_byte_for_byte") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let arp: Vec<u8> = {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&packet::SRC_MAC);
+        f.extend_from_slice(&[0x08, 0x06]);
+        f.extend_from_slice(&[0u8; 28]);
+        f
+    };
+    let ipv6 = {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .udp(1, 2)
+            .write(&mut out, b"x")
+            .unwrap();
+        out
+    };
+    let frames = vec![
+        tcp(CLIENT, 1234, "10.244.1.11".parse().unwrap(), 8080, true), // straight to a pod
+        tcp(CLIENT, 1234, VIP, 81, true),                              // VIP, undefined port
+        udp(CLIENT, 1234, VIP, 80),                                    // VIP, wrong protocol
+        arp,
+        ipv6,
+    ];
+    for f in frames {
+        let (rc, out) = h.run(&f);
+        assert_eq!(rc, TC_ACT_OK);
+        assert_eq!(out, f, "untouched");
+    }
+    assert_eq!(h.counter(Counter::NewFlows), 0);
+}
+
+fn ipv4_frame(header: Ipv4Header, l4: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::Ethernet2Header {
+        source: packet::SRC_MAC,
+        destination: packet::DST_MAC,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    header.write(&mut out).unwrap();
+    out.extend_from_slice(l4);
+    out
+}
+
+#[test]
+fn ip_options_are_skipped_to_find_the_ports() {
+    if !require_root("ip_options_are_skipped_to_find_the_ports") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    // A TCP SYN behind 8 bytes of IP options (NOP padding + router alert).
+    let plain = tcp(CLIENT, 42000, VIP, 80, true);
+    let tcp_bytes = plain[34..].to_vec();
+    let mut ip = Ipv4Header::new(tcp_bytes.len() as u16, 64, IpNumber::TCP, CLIENT.octets(), VIP.octets()).unwrap();
+    ip.options = Ipv4Options::try_from(&[0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00][..]).unwrap();
+    ip.total_len = (ip.header_len() + tcp_bytes.len()) as u16;
+    ip.header_checksum = ip.calc_header_checksum();
+    let input = ipv4_frame(ip, &tcp_bytes);
+    let (rc, out) = h.run(&input);
+    assert_eq!(rc, TC_ACT_OK);
+    let s = summarize(&out).unwrap();
+    assert!(s.ip_checksum_ok && s.l4_checksum_ok);
+    assert_eq!(s.dport, 8080);
+    assert_only_changed(&input, &out, &[24..26, 30..34, 44..46, 58..60]);
+}
+
+#[test]
+fn fragments_and_truncated_headers_to_a_service_are_dropped_elsewhere_passed() {
+    if !require_root("fragments_and_truncated_headers_to_a_service_are_dropped_elsewhere_passed") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let other: Ipv4Addr = "10.244.1.11".parse().unwrap();
+    let frag = |dst: Ipv4Addr, mf: bool, offset: u16| {
+        let mut ip = Ipv4Header::new(16, 64, IpNumber::UDP, CLIENT.octets(), dst.octets()).unwrap();
+        ip.more_fragments = mf;
+        ip.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+        ip.header_checksum = ip.calc_header_checksum();
+        ipv4_frame(ip, &[0x13, 0x88, 0x00, 0x35, 0, 16, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+    };
+    for (frame, expect, what) in [
+        (frag(VIP, true, 0), TC_ACT_SHOT, "first fragment to VIP"),
+        (frag(VIP, false, 8), TC_ACT_SHOT, "last fragment to VIP"),
+        (frag(other, true, 0), TC_ACT_OK, "first fragment elsewhere"),
+        (frag(other, false, 8), TC_ACT_OK, "last fragment elsewhere"),
+    ] {
+        let (rc, out) = h.run(&frame);
+        assert_eq!(rc, expect, "{what}");
+        assert_eq!(out, frame, "{what}: bytes untouched");
+    }
+
+    // TCP header cut after 4 bytes (ports readable, the rest missing).
+    let full = tcp(CLIENT, 43000, VIP, 80, true);
+    let mut cut = full[..38].to_vec();
+    let total = (cut.len() - 14) as u16;
+    cut[16..18].copy_from_slice(&total.to_be_bytes());
+    let (rc, _) = h.run(&cut);
+    assert_eq!(rc, TC_ACT_SHOT, "truncated TCP header to VIP");
+    let mut cut_other = tcp(CLIENT, 43000, other, 80, true)[..38].to_vec();
+    cut_other[16..18].copy_from_slice(&total.to_be_bytes());
+    let (rc, out) = h.run(&cut_other);
+    assert_eq!((rc, &out), (TC_ACT_OK, &cut_other), "truncated TCP elsewhere passes untouched");
+
+    // IHL < 5: passed for the kernel to drop. (A frame whose IPv4 header is cut short cannot
+    // be fed to BPF_PROG_TEST_RUN at all: the kernel refuses it with EINVAL before the program
+    // runs; the parser's bounds checks cover it the same way as the truncated L4 header.)
+    let mut short = full.clone();
+    short[14] = 0x44;
+    let (rc, out) = h.run(&short);
+    assert_eq!((rc, &out), (TC_ACT_OK, &short));
+    assert!(h.counter(Counter::DropUnparsable) >= 3);
+    assert_eq!(h.counter(Counter::NewFlows), 0);
+}
+
+#[test]
+fn endpoint_changes_terminating_and_removed_backends() {
+    if !require_root("endpoint_changes_terminating_and_removed_backends") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    // One TCP and one UDP flow on each backend.
+    let mut tcp_flows = std::collections::BTreeMap::new();
+    let mut udp_flows = std::collections::BTreeMap::new();
+    for sport in 30000..30100u16 {
+        let (_, out) = h.run(&tcp(CLIENT, sport, VIP, 80, true));
+        tcp_flows.entry(summarize(&out).unwrap().dst).or_insert(sport);
+        let (_, out) = h.run(&udp(CLIENT, sport, VIP, 53));
+        udp_flows.entry(summarize(&out).unwrap().dst).or_insert(sport);
+    }
+    assert_eq!(tcp_flows.len(), 3);
+    let c: Ipv4Addr = "10.244.1.13".parse().unwrap();
+
+    // backend-c terminating but serving: established flows stay, new flows avoid it.
+    h.apply(&[THREE[0], THREE[1], ("10.244.1.13", false, true, true)]);
+    let (_, out) = h.run(&tcp(CLIENT, tcp_flows[&c], VIP, 80, false));
+    assert_eq!(summarize(&out).unwrap().dst, c, "TCP flow keeps its terminating backend");
+    let (_, out) = h.run(&udp(CLIENT, udp_flows[&c], VIP, 53));
+    assert_eq!(summarize(&out).unwrap().dst, c, "UDP flow keeps its serving terminating backend");
+    for sport in 31000..31100u16 {
+        let (_, out) = h.run(&tcp(CLIENT, sport, VIP, 80, true));
+        assert_ne!(summarize(&out).unwrap().dst, c, "new flow sent to a terminating backend");
+    }
+
+    // backend-c removed: its UDP flow moves to a live backend; TCP too (the pod is gone).
+    h.apply(&THREE[..2]);
+    let (_, out) = h.run(&udp(CLIENT, udp_flows[&c], VIP, 53));
+    let moved = summarize(&out).unwrap().dst;
+    assert_ne!(moved, c);
+    assert!(h.counter(Counter::Reselected) >= 1);
+    let (_, out) = h.run(&udp(CLIENT, udp_flows[&c], VIP, 53));
+    assert_eq!(summarize(&out).unwrap().dst, moved, "re-selected flow is sticky again");
+
+    // Only terminating endpoints left: they serve new flows (SEMANTICS C1 fallback).
+    h.apply(&[("10.244.1.11", false, true, true)]);
+    let (_, out) = h.run(&tcp(CLIENT, 32000, VIP, 80, true));
+    assert_eq!(summarize(&out).unwrap().dst, "10.244.1.11".parse::<Ipv4Addr>().unwrap());
+    // Not serving: never used for new flows; the service has no endpoint: dropped.
+    h.apply(&[("10.244.1.11", false, false, true)]);
+    let (rc, _) = h.run(&tcp(CLIENT, 32001, VIP, 80, true));
+    assert_eq!(rc, TC_ACT_SHOT);
+}
+
+#[test]
+fn service_without_endpoints_drops_new_connections() {
+    if !require_root("service_without_endpoints_drops_new_connections") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let (rc, _) = h.run(&tcp(CLIENT, 1000, "10.96.0.20".parse().unwrap(), 80, true));
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(h.counter(Counter::DropNoEndpoint), 1);
+}
