@@ -8,8 +8,8 @@
 //! | map | type | key → value | written by |
 //! |---|---|---|---|
 //! | `LB_SERVICES` | hash (no prealloc) | [`ServiceKey`] (frontend) → [`ServiceValue`] | agent |
-//! | `LB_BACKENDS` | hash | backend id (`u32`) → [`Backend`] | agent |
-//! | `LB_MAGLEV` | array of maps | table id → inner `u32` array: `[M, slot_0 .. slot_M-1]` of backend ids | agent |
+//! | `LB_BACKENDS` | hash (no prealloc) | backend id (`u32`) → [`Backend`] | agent |
+//! | `LB_MAGLEV` | array of maps | table id → inner array of `[u32; 2]` holding the sequence `[M, slot_0 .. slot_M-1]` of backend ids, two per element | agent |
 //! | `LB_CT` | LRU hash | [`CtKey`] → [`CtEntry`] | datapath |
 //! | `LB_CONFIG` | array[1] | [`Config`] | agent |
 //! | `LB_STATS` | per-CPU array | [`Counter`] index → `u64` | datapath |
@@ -19,6 +19,12 @@ use bytemuck::{Pod, Zeroable};
 /// Version of the map layout below; part of every pinned map's path, so an agent never adopts
 /// maps whose layout it does not understand.
 pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Packs a table's u32 sequence `[M, slots..]` two per element (the inner arrays' layout).
+#[cfg(feature = "std")]
+pub fn pack_table(words: &[u32]) -> std::vec::Vec<[u32; 2]> {
+    words.chunks(2).map(|c| [c[0], c.get(1).copied().unwrap_or(BACKEND_NONE)]).collect()
+}
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

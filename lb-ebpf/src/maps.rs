@@ -11,15 +11,16 @@ use lb_common::{Backend, Config, Counter, CtEntry, CtKey, ServiceKey, ServiceVal
 #[btf_map]
 pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue, 65536, 1> = HashMap::new();
 
-/// Backend id → endpoint of one service port.
+/// Backend id → endpoint of one service port. No prealloc: memory follows the endpoints.
 #[btf_map]
-pub static LB_BACKENDS: HashMap<u32, Backend, 262144> = HashMap::new();
+pub static LB_BACKENDS: HashMap<u32, Backend, 262144, 1> = HashMap::new();
 
-/// Maglev table id → inner array `[M, slot_0, .., slot_{M-1}]` of backend ids. The whole inner
-/// map is swapped at once (BPF_F_INNER_MAP allows a different M per table), so a packet sees
-/// either the old table with its own M or the new one, never a mix.
+/// Maglev table id → inner array holding the u32 sequence `[M, slot_0, .., slot_{M-1}]` of
+/// backend ids, two per element (array elements are 8-byte aligned: packing halves the
+/// memory). The whole inner map is swapped at once (BPF_F_INNER_MAP allows a different size
+/// per table), so a packet sees either the old table with its own M or the new one.
 #[btf_map]
-pub static LB_MAGLEV: ArrayOfMaps<Array<u32, 1, 4096>, 131072> = ArrayOfMaps::new();
+pub static LB_MAGLEV: ArrayOfMaps<Array<[u32; 2], 1, 4096>, 131072> = ArrayOfMaps::new();
 
 /// Connection tracking, both directions of every load-balanced flow.
 #[btf_map]

@@ -18,16 +18,22 @@ pub fn is_service_addr(addr: u32, scope: u8) -> bool {
     lookup(addr, 0, 0, scope).is_some()
 }
 
-/// The backend id in slot `hash % M` of a Maglev table; M is the table's own slot 0, so the
-/// size and the slots always come from the same (atomically swapped) inner map.
+/// Position `pos` of a table's u32 sequence (two per array element).
+#[inline(always)]
+fn table_word(table: u32, pos: u32) -> Option<u32> {
+    let pair = LB_MAGLEV.get_value(table, &(pos / 2))?;
+    Some(if pos % 2 == 0 { pair[0] } else { pair[1] })
+}
+
+/// The backend id in slot `hash % M` of a Maglev table; M is the table's own first word, so
+/// the size and the slots always come from the same (atomically swapped) inner map.
 #[inline(always)]
 pub fn maglev_select(table: u32, hash: u32) -> Option<u32> {
-    let m = *LB_MAGLEV.get_value(table, &0)?;
+    let m = table_word(table, 0)?;
     if m == 0 {
         return None;
     }
-    let slot = 1 + hash % m;
-    let id = *LB_MAGLEV.get_value(table, &slot)?;
+    let id = table_word(table, 1 + hash % m)?;
     if id == BACKEND_NONE {
         None
     } else {

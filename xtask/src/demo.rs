@@ -91,8 +91,11 @@ fn demo(manifests: &Path) -> Result<()> {
     let bpffs = Path::new("/sys/fs/bpf/lb-demo");
     let mut agent = Agent::start(&topo.node_netns, manifests, &topo.host_if_pattern(), bpffs, &[])?;
     let frontend = format!("{VIP}:80");
+    let udp_frontend = format!("{VIP}:53");
     wait::until("3 backends programmed", Duration::from_secs(20), || {
-        agent.active_backends(&frontend).ok().filter(|b| b.len() == 3)
+        let tcp = agent.active_backends(&frontend).ok()?;
+        let udp = agent.active_backends(&udp_frontend).ok()?;
+        (tcp.len() == 3 && udp.len() == 3).then_some(())
     })?;
     print_cmd_output(bin_lbctl(&agent, &["services"]))?;
 
@@ -112,8 +115,10 @@ fn demo(manifests: &Path) -> Result<()> {
     let tmp = manifests.join(".echo-endpoints.yaml.tmp");
     std::fs::write(&tmp, &slice[..cut])?;
     std::fs::rename(&tmp, manifests.join("echo-endpoints.yaml"))?;
-    wait::until("backend-c removed from the Maglev table", Duration::from_secs(20), || {
-        agent.active_backends(&frontend).ok().filter(|b| b.len() == 2 && !b.contains_key("10.244.1.13:8080"))
+    wait::until("backend-c removed from both Maglev tables", Duration::from_secs(20), || {
+        let tcp = agent.active_backends(&frontend).ok()?;
+        let udp = agent.active_backends(&udp_frontend).ok()?;
+        (tcp.len() == 2 && !tcp.contains_key("10.244.1.13:8080") && udp.len() == 2).then_some(())
     })?;
     print_cmd_output(bin_lbctl(&agent, &["services"]))?;
 

@@ -275,11 +275,11 @@ fn services(pins: &PinDir) -> Result<Vec<ServiceRow>> {
         let mut table_size = 0;
         let mut active = BTreeMap::new();
         if let Ok(inner) = maglev.get(&v.table, 0) {
-            let arr: Array<MapData, u32> = Array::try_from(Map::from_map_data(inner)?)?;
-            let slots: Vec<u32> = arr.iter().filter_map(|r| r.ok()).collect();
-            if let Some((m, rest)) = slots.split_first() {
+            let arr: Array<MapData, [u32; 2]> = Array::try_from(Map::from_map_data(inner)?)?;
+            let words: Vec<u32> = arr.iter().filter_map(|r| r.ok()).flatten().collect();
+            if let Some((m, rest)) = words.split_first() {
                 table_size = *m;
-                for id in rest.iter().filter(|&&id| id != 0) {
+                for id in rest.iter().take(*m as usize).filter(|&&id| id != 0) {
                     let name = by_id.get(id).map(|b| b.address.clone()).unwrap_or_else(|| format!("#{id}"));
                     *active.entry(name).or_insert(0) += 1;
                 }

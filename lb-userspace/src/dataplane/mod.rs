@@ -94,6 +94,19 @@ pub struct MapSet {
     pub maglev: ArrayOfMaps<MapData, MapData>,
     pub config: Array<MapData, Config>,
     pub names: HashMap<MapData, u32, [u8; NAME_LEN]>,
+    /// Duplicated descriptors of every map of the object and of LB_NAMES, for accounting
+    /// (fdinfo memlock) after the typed handles above took the originals.
+    pub fds: std::collections::BTreeMap<&'static str, std::os::fd::OwnedFd>,
+}
+
+/// A duplicate of a map's descriptor.
+fn dup_fd(map: &Map) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    let data = match map {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::ArrayOfMaps(d) | Map::PerCpuArray(d) => d,
+        _ => return None,
+    };
+    data.fd().as_fd().try_clone_to_owned().ok()
 }
 
 /// Length of a service-port name in `LB_NAMES` (NUL-padded, truncated).
@@ -108,12 +121,30 @@ impl MapSet {
     /// (pinned under `pins` when given; the object's maps must be pinned before this).
     pub fn take(ebpf: &mut Ebpf, cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<MapSet> {
         const BPF_MAP_TYPE_HASH: u32 = 1;
-        let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_HASH, 4, NAME_LEN as u32, cap.max_service_ports + 1, 0);
+        // No prealloc: memory follows the number of service ports.
+        let obj = aya_obj::Map::new_from_params(
+            BPF_MAP_TYPE_HASH,
+            4,
+            NAME_LEN as u32,
+            cap.max_service_ports + 1,
+            lb_common::BPF_F_NO_PREALLOC,
+        );
         let names_data = MapData::create(obj, names::NAMES, None).context("creating LB_NAMES")?;
         if let Some(p) = pins {
             p.pin_data(names::NAMES, &names_data)?;
         }
+        let mut fds = std::collections::BTreeMap::new();
+        for name in names::ALL_OBJECT_MAPS.into_iter().chain([names::NAMES]) {
+            let map = if name == names::NAMES { None } else { ebpf.map(name) };
+            if let Some(fd) = map.and_then(dup_fd) {
+                fds.insert(name, fd);
+            }
+        }
+        if let Ok(fd) = std::os::fd::AsFd::as_fd(names_data.fd()).try_clone_to_owned() {
+            fds.insert(names::NAMES, fd);
+        }
         Ok(MapSet {
+            fds,
             services: HashMap::try_from(take(ebpf, names::SERVICES)?)?,
             backends: HashMap::try_from(take(ebpf, names::BACKENDS)?)?,
             maglev: ArrayOfMaps::try_from(take(ebpf, names::MAGLEV)?)?,

@@ -1,6 +1,7 @@
-//! The one bpf(2) command aya 0.14 does not wrap: BPF_MAP_UPDATE_BATCH (written by hand,
-//! 20 lines; it fills a Maglev table of up to 262k slots in one syscall instead of one per
-//! slot).
+//! The one bpf(2) command aya 0.14 does not wrap: BPF_MAP_UPDATE_BATCH (written by hand, a
+//! few lines; it fills a Maglev table of up to 262k slots in one syscall instead of one per
+//! slot, and swaps every changed table of a sync into the map-of-maps at once), and the
+//! fdinfo memory accounting of a map.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -22,9 +23,34 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes `values[i]` at index `i` of an array map with `u32` values.
-pub fn array_update_all(map: impl AsFd, values: &[u32]) -> Result<()> {
+/// Writes `values[i]` at index `i` of an array map whose value type is `T`.
+pub fn array_update_all<T: Copy>(map: impl AsFd, values: &[T]) -> Result<()> {
     let keys: Vec<u32> = (0..values.len() as u32).collect();
+    array_update_all_keys(map, &keys, values)
+}
+
+/// The memory the kernel accounts to a map (`memlock:` in /proc/self/fdinfo: the map's own
+/// estimate of its usage since Linux 6.4).
+pub fn memlock_bytes(map: impl AsFd) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_fd().as_raw_fd())).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Sets `outer[key] = inner map` for every entry with one BPF_MAP_UPDATE_BATCH on a
+/// map-of-maps (`outer` is its descriptor).
+pub fn map_of_maps_update_batch(
+    outer: Option<&std::os::fd::OwnedFd>,
+    entries: &[(u32, std::os::fd::BorrowedFd<'_>)],
+) -> Result<()> {
+    let Some(outer) = outer else { bail!("no descriptor for the outer map") };
+    let keys: Vec<u32> = entries.iter().map(|(k, _)| *k).collect();
+    let fds: Vec<u32> = entries.iter().map(|(_, fd)| fd.as_raw_fd() as u32).collect();
+    array_update_all_keys(outer, &keys, &fds)
+}
+
+/// BPF_MAP_UPDATE_BATCH with explicit keys.
+fn array_update_all_keys<T: Copy>(map: impl AsFd, keys: &[u32], values: &[T]) -> Result<()> {
+    assert_eq!(keys.len(), values.len());
     let mut done = 0usize;
     while done < values.len() {
         let mut attr = BatchAttr {

@@ -1,11 +1,15 @@
 //! The single writer: diffs the desired state against what it has programmed and updates the
 //! maps so that a packet never sees a half-done change.
 //!
-//! Order of a service port's update: backends first (new ids), then its Maglev tables (a new
-//! inner array, filled, then swapped into `LB_MAGLEV` in one update), then its frontends
-//! (`LB_SERVICES` values replaced whole), and only then the backends nobody selects any more
-//! are deleted. A service port that disappears loses its frontends first, then its tables and
-//! backends.
+//! One sync runs in phases, each finished for every service port before the next starts:
+//! 1. service ports that disappeared lose their frontends (`LB_SERVICES`);
+//! 2. backends are written (new ids for new endpoints, flags for changed conditions);
+//! 3. every changed Maglev table is built into a new inner array, then all of them are
+//!    swapped into `LB_MAGLEV` with one `BPF_MAP_UPDATE_BATCH` (a map-in-map update from user
+//!    space waits for an RCU grace period: one per sync instead of one per table);
+//! 4. frontends are written (values replaced whole) — only for service ports whose tables are
+//!    in place;
+//! 5. backends nobody lists any more are deleted, and ids of removed service ports are freed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,11 +40,13 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Table {
     endpoints: Vec<EndpointAddr>,
     size: u32,
     installed: bool,
+    /// Kernel-accounted memory of the installed inner map.
+    bytes: u64,
 }
 
 struct Programmed {
@@ -59,6 +65,16 @@ pub fn local_table(id: u32) -> u32 {
     2 * id + 1
 }
 
+/// A table built in phase 3, waiting to be swapped in.
+struct NewTable {
+    owner: ServicePortName,
+    table_id: u32,
+    local: bool,
+    /// `None`: reset to the shared empty table.
+    map: Option<MapData>,
+    state: Table,
+}
+
 pub struct Writer {
     maps: MapSet,
     max_table_size: u32,
@@ -70,33 +86,36 @@ pub struct Writer {
     next_backend_id: u32,
     markers: BTreeSet<ServiceKey>,
     empty_table: MapData,
+    /// Kernel-accounted memory of every installed Maglev table.
+    table_bytes: u64,
 }
 
 fn endpoint_flags(ep: &Endpoint) -> u8 {
     let mut f = 0;
-    if ep.ready {
-        f |= backend_flags::READY;
-    }
-    if ep.serving {
-        f |= backend_flags::SERVING;
-    }
-    if ep.terminating {
-        f |= backend_flags::TERMINATING;
-    }
-    if ep.local {
-        f |= backend_flags::LOCAL;
+    for (on, bit) in [
+        (ep.ready, backend_flags::READY),
+        (ep.serving, backend_flags::SERVING),
+        (ep.terminating, backend_flags::TERMINATING),
+        (ep.local, backend_flags::LOCAL),
+    ] {
+        if on {
+            f |= bit;
+        }
     }
     f
 }
 
-fn create_table(slots: &[u32]) -> Result<MapData> {
-    let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY, 4, 4, slots.len() as u32, BPF_F_INNER_MAP);
+/// A new inner table holding `words` (`[M, slots..]`), packed two per element.
+fn create_table(words: &[u32]) -> Result<(MapData, u64)> {
+    let packed = lb_common::pack_table(words);
+    let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY, 4, 8, packed.len() as u32, BPF_F_INNER_MAP);
     let map = MapData::create(obj, "lb_maglev_tbl", None).context("creating a Maglev table")?;
-    sys::array_update_all(map.fd(), slots).context("filling a Maglev table")?;
-    Ok(map)
+    sys::array_update_all(map.fd(), &packed).context("filling a Maglev table")?;
+    let bytes = sys::memlock_bytes(map.fd()).unwrap_or(0);
+    Ok((map, bytes))
 }
 
-/// The frontends of a service port (issue scope: the ClusterIP) with their values.
+/// The frontends of a service port (this version: the ClusterIP) with their values.
 fn frontends(id: u32, st: &ServicePortState) -> BTreeMap<ServiceKey, ServiceValue> {
     let mut flags = 0;
     if !st.has_any_endpoints {
@@ -125,7 +144,7 @@ impl Writer {
     /// A writer over freshly created (empty) maps; writes the datapath configuration.
     pub fn new(mut maps: MapSet, max_table_size: u32, max_service_ports: u32, config: Config) -> Result<Writer> {
         maps.config.set(0, config, 0).context("writing LB_CONFIG")?;
-        let empty_table = create_table(&[1, lb_common::BACKEND_NONE])?;
+        let (empty_table, _) = create_table(&[1, lb_common::BACKEND_NONE])?;
         Ok(Writer {
             maps,
             max_table_size,
@@ -137,6 +156,7 @@ impl Writer {
             next_backend_id: 1,
             markers: BTreeSet::new(),
             empty_table,
+            table_bytes: 0,
         })
     }
 
@@ -154,20 +174,63 @@ impl Writer {
     /// service port is still applied.
     pub fn apply(&mut self, desired: &DesiredState) -> SyncReport {
         let mut report = SyncReport { service_ports: desired.services.len(), ..Default::default() };
+        let mut failed: BTreeSet<ServicePortName> = BTreeSet::new();
+        let mut changed: BTreeSet<ServicePortName> = BTreeSet::new();
 
+        // 1. Gone service ports stop receiving traffic first.
         let gone: Vec<ServicePortName> = self.programmed.keys().filter(|n| !desired.services.contains_key(*n)).cloned().collect();
-        for name in gone {
-            if let Err(e) = self.remove(&name, &mut report) {
-                report.errors.push(format!("{name}: removing: {e:#}"));
+        for name in &gone {
+            if let Some(p) = self.programmed.get_mut(name) {
+                for k in std::mem::take(&mut p.frontends).keys() {
+                    let _ = self.maps.services.remove(k);
+                }
             }
         }
 
-        // A frontend belongs to the first service port (in name order) that claims it.
+        // 2. Ids and backends.
+        for (name, st) in &desired.services {
+            match self.write_backends(name, st, &mut report) {
+                Ok(true) => {
+                    changed.insert(name.clone());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    report.errors.push(format!("{name}: {e:#}"));
+                    failed.insert(name.clone());
+                }
+            }
+        }
+
+        // 3. Tables: build every changed one, then swap them all in at once.
+        let mut pending = Vec::new();
+        for (name, st) in &desired.services {
+            if failed.contains(name) {
+                continue;
+            }
+            if let Err(e) = self.build_tables(name, st, &mut pending) {
+                report.errors.push(format!("{name}: {e:#}"));
+                failed.insert(name.clone());
+            }
+        }
+        for name in &gone {
+            if let Some(p) = self.programmed.get(name) {
+                for (table_id, local) in [(cluster_table(p.id), false), (local_table(p.id), true)] {
+                    pending.push(NewTable { owner: name.clone(), table_id, local, map: None, state: Table::default() });
+                }
+            }
+        }
+        self.install_tables(pending, &mut report, &mut failed, &mut changed);
+
+        // 4. Frontends. A frontend belongs to the first service port (in name order) that
+        //    claims it.
         let mut owners: BTreeMap<ServiceKey, &ServicePortName> = BTreeMap::new();
         for (name, st) in &desired.services {
-            let id = self.programmed.get(name).map(|p| p.id).unwrap_or(0);
-            let mut mine = frontends(id, st);
-            mine.retain(|k, _| match owners.get(k) {
+            if failed.contains(name) {
+                continue;
+            }
+            let p = self.programmed.get(name).expect("phase 2 programmed it");
+            let mut want = frontends(p.id, st);
+            want.retain(|k, _| match owners.get(k) {
                 Some(other) => {
                     report.errors.push(format!(
                         "{name}: frontend {}:{}/{} is already used by {other}; skipped",
@@ -175,29 +238,32 @@ impl Writer {
                     ));
                     false
                 }
-                None => true,
+                None => {
+                    owners.insert(*k, name);
+                    true
+                }
             });
-            for k in mine.keys() {
-                owners.insert(*k, name);
-            }
-            match self.upsert(name, st, &mine.keys().copied().collect(), &mut report) {
-                Ok(true) => report.service_ports_changed += 1,
+            match self.write_frontends(name, want) {
+                Ok(true) => {
+                    changed.insert(name.clone());
+                }
                 Ok(false) => {}
                 Err(e) => report.errors.push(format!("{name}: {e:#}")),
             }
         }
+        self.write_markers(&mut report);
 
-        let markers: BTreeSet<ServiceKey> = self.programmed.values().flat_map(|p| p.frontends.keys().map(marker_of)).collect();
-        let marker_value = ServiceValue { id: 0, flags: svc_flags::ADDRESS_MARKER, table: 0, affinity_timeout: 0 };
-        for m in markers.difference(&self.markers) {
-            if let Err(e) = self.maps.services.insert(m, marker_value, 0) {
-                report.errors.push(format!("address marker {:?}: {e}", lb_common::ip_from_map(m.addr)));
+        // 5. Backends no longer listed; removed service ports released.
+        for (name, st) in &desired.services {
+            if !failed.contains(name) && self.delete_stale_backends(name, st, &mut report) {
+                changed.insert(name.clone());
             }
         }
-        for m in self.markers.difference(&markers) {
-            let _ = self.maps.services.remove(m);
+        for name in gone {
+            self.release(&name, &mut report);
         }
-        self.markers = markers;
+
+        report.service_ports_changed = changed.len();
         for e in &report.errors {
             warn!("{e}");
         }
@@ -219,124 +285,136 @@ impl Writer {
         loop {
             let id = self.next_backend_id;
             self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
-            if !self.backend_ids.contains(&id) {
-                self.backend_ids.insert(id);
+            if self.backend_ids.insert(id) {
                 return id;
             }
         }
     }
 
-    fn install_table(
-        &mut self,
-        table_id: u32,
-        eps: &[EndpointAddr],
-        backends: &BTreeMap<EndpointAddr, (u32, u8)>,
-    ) -> Result<u32> {
-        let members: Vec<MaglevBackend> =
-            eps.iter().filter_map(|ep| backends.get(ep).map(|(id, _)| MaglevBackend { name: ep.to_string(), id: *id })).collect();
-        let m = table_size(members.len(), self.max_table_size);
-        let mut slots = Vec::with_capacity(m as usize + 1);
-        slots.push(m);
-        slots.extend(build_table(&members, m));
-        let inner = create_table(&slots)?;
-        self.maps.maglev.set(table_id, &inner, 0).with_context(|| format!("installing Maglev table {table_id}"))?;
-        Ok(m)
-    }
-
-    /// Returns whether anything changed.
-    fn upsert(
-        &mut self,
-        name: &ServicePortName,
-        st: &ServicePortState,
-        owned: &BTreeSet<ServiceKey>,
-        report: &mut SyncReport,
-    ) -> Result<bool> {
+    /// Phase 2 for one service port. Returns whether anything changed.
+    fn write_backends(&mut self, name: &ServicePortName, st: &ServicePortState, report: &mut SyncReport) -> Result<bool> {
         if !self.programmed.contains_key(name) {
             let id = self.alloc_id()?;
-            self.programmed.insert(
-                name.clone(),
-                Programmed {
-                    id,
-                    frontends: BTreeMap::new(),
-                    backends: BTreeMap::new(),
-                    cluster: Table::default(),
-                    local: Table::default(),
-                },
-            );
+            let p = Programmed {
+                id,
+                frontends: BTreeMap::new(),
+                backends: BTreeMap::new(),
+                cluster: Table::default(),
+                local: Table::default(),
+            };
+            self.programmed.insert(name.clone(), p);
             if let Err(e) = self.maps.names.insert(id, encode_name(&name.to_string()), 0) {
                 debug!("LB_NAMES {id}: {e}");
             }
         }
-        let mut p = self.programmed.remove(name).expect("just inserted");
-        let result = self.upsert_programmed(&mut p, st, owned, report);
-        self.programmed.insert(name.clone(), p);
-        result
-    }
-
-    fn upsert_programmed(
-        &mut self,
-        p: &mut Programmed,
-        st: &ServicePortState,
-        owned: &BTreeSet<ServiceKey>,
-        report: &mut SyncReport,
-    ) -> Result<bool> {
-        let mut changed = false;
+        let svc_id = self.programmed[name].id;
         let proto = st.protocol.number();
-
-        // 1. Backends (every endpoint the slices list, whatever its conditions: established
-        //    flows keep a terminating backend).
-        let desired: BTreeMap<EndpointAddr, u8> =
-            st.endpoints.iter().map(|ep| (EndpointAddr { ip: ep.ip, port: ep.port }, endpoint_flags(ep))).collect();
-        for (addr, flags) in &desired {
-            let id = match p.backends.get(addr) {
+        let mut changed = false;
+        for ep in &st.endpoints {
+            let addr = ep.addr();
+            let flags = endpoint_flags(ep);
+            let existing = self.programmed[name].backends.get(&addr).copied();
+            let id = match existing {
                 Some((_, f)) if f == flags => continue,
-                Some((id, _)) => *id,
-                None => {
-                    report.backends_added += 1;
-                    self.alloc_backend_id()
-                }
+                Some((id, _)) => id,
+                None => self.alloc_backend_id(),
             };
-            let b = Backend {
-                addr: lb_common::ip_to_map(addr.ip.octets()),
-                port: port_to_map(addr.port),
-                proto,
-                flags: *flags,
-                svc_id: p.id,
-            };
+            let b = Backend { addr: lb_common::ip_to_map(addr.ip.octets()), port: port_to_map(addr.port), proto, flags, svc_id };
             if let Err(e) = self.maps.backends.insert(id, b, 0) {
-                if !p.backends.contains_key(addr) {
+                if existing.is_none() {
                     self.backend_ids.remove(&id);
                 }
                 bail!("backend {addr}: {e}");
             }
-            p.backends.insert(*addr, (id, *flags));
+            if existing.is_none() {
+                report.backends_added += 1;
+            }
+            self.programmed.get_mut(name).expect("present").backends.insert(addr, (id, flags));
             changed = true;
         }
+        Ok(changed)
+    }
 
-        // 2. Maglev tables, swapped whole.
-        if !p.cluster.installed || p.cluster.endpoints != st.cluster_endpoints {
-            p.cluster.size = self.install_table(cluster_table(p.id), &st.cluster_endpoints, &p.backends)?;
-            p.cluster.endpoints = st.cluster_endpoints.clone();
-            p.cluster.installed = true;
-            report.tables_written += 1;
-            changed = true;
-        }
+    /// Phase 3a for one service port: builds the tables whose endpoint set changed.
+    fn build_tables(&mut self, name: &ServicePortName, st: &ServicePortState, pending: &mut Vec<NewTable>) -> Result<()> {
+        let p = &self.programmed[name];
         let needs_local = st.internal_policy_local || st.external_policy_local;
-        if needs_local && (!p.local.installed || p.local.endpoints != st.local_endpoints) {
-            p.local.size = self.install_table(local_table(p.id), &st.local_endpoints, &p.backends)?;
-            p.local.endpoints = st.local_endpoints.clone();
-            p.local.installed = true;
-            report.tables_written += 1;
-            changed = true;
-        } else if !needs_local && p.local.installed {
-            self.maps.maglev.set(local_table(p.id), &self.empty_table, 0)?;
-            p.local = Table::default();
-            changed = true;
+        let mut wanted = Vec::new();
+        if !p.cluster.installed || p.cluster.endpoints != st.cluster_endpoints {
+            wanted.push((cluster_table(p.id), false, &st.cluster_endpoints));
         }
+        if needs_local && (!p.local.installed || p.local.endpoints != st.local_endpoints) {
+            wanted.push((local_table(p.id), true, &st.local_endpoints));
+        }
+        if !needs_local && p.local.installed {
+            pending.push(NewTable {
+                owner: name.clone(),
+                table_id: local_table(p.id),
+                local: true,
+                map: None,
+                state: Table::default(),
+            });
+        }
+        for (table_id, local, eps) in wanted {
+            let members: Vec<MaglevBackend> = eps
+                .iter()
+                .filter_map(|ep| p.backends.get(ep).map(|(id, _)| MaglevBackend { name: ep.to_string(), id: *id }))
+                .collect();
+            let m = table_size(members.len(), self.max_table_size);
+            let mut words = Vec::with_capacity(m as usize + 1);
+            words.push(m);
+            words.extend(build_table(&members, m));
+            let (map, bytes) = create_table(&words)?;
+            let state = Table { endpoints: eps.clone(), size: m, installed: true, bytes };
+            pending.push(NewTable { owner: name.clone(), table_id, local, map: Some(map), state });
+        }
+        Ok(())
+    }
 
-        // 3. Frontends.
-        let mut want = frontends(p.id, st);
-        want.retain(|k, _| owned.contains(k));
+    /// Phase 3b: swaps every pending table in (one batch; one by one if the batch fails).
+    fn install_tables(
+        &mut self,
+        pending: Vec<NewTable>,
+        report: &mut SyncReport,
+        failed: &mut BTreeSet<ServicePortName>,
+        changed: &mut BTreeSet<ServicePortName>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let entries: Vec<(u32, std::os::fd::BorrowedFd<'_>)> = pending
+            .iter()
+            .map(|t| (t.table_id, std::os::fd::AsFd::as_fd(t.map.as_ref().unwrap_or(&self.empty_table).fd())))
+            .collect();
+        let batch = sys::map_of_maps_update_batch(self.maps.fds.get(super::names::MAGLEV), &entries);
+        drop(entries);
+        for t in pending {
+            if batch.is_err() {
+                let inner = t.map.as_ref().unwrap_or(&self.empty_table);
+                if let Err(e) = self.maps.maglev.set(t.table_id, inner, 0) {
+                    report.errors.push(format!("{}: installing Maglev table {}: {e}", t.owner, t.table_id));
+                    failed.insert(t.owner);
+                    continue;
+                }
+            }
+            let Some(p) = self.programmed.get_mut(&t.owner) else { continue };
+            let slot = if t.local { &mut p.local } else { &mut p.cluster };
+            self.table_bytes = self.table_bytes - slot.bytes + t.state.bytes;
+            *slot = t.state;
+            if t.map.is_some() {
+                report.tables_written += 1;
+            }
+            changed.insert(t.owner);
+        }
+        if let Err(e) = batch {
+            debug!("batch install failed ({e:#}); installed one by one");
+        }
+    }
+
+    /// Phase 4 for one service port. Returns whether anything changed.
+    fn write_frontends(&mut self, name: &ServicePortName, want: BTreeMap<ServiceKey, ServiceValue>) -> Result<bool> {
+        let p = self.programmed.get_mut(name).expect("programmed");
+        let mut changed = false;
         for (k, v) in &want {
             if p.frontends.get(k) != Some(v) {
                 self.maps.services.insert(k, v, 0).context("writing a frontend")?;
@@ -350,27 +428,43 @@ impl Writer {
             p.frontends.remove(&k);
             changed = true;
         }
-
-        // 4. Backends no longer listed.
-        let gone: Vec<EndpointAddr> = p.backends.keys().filter(|a| !desired.contains_key(*a)).copied().collect();
-        for addr in gone {
-            if let Some((id, _)) = p.backends.remove(&addr) {
-                let _ = self.maps.backends.remove(&id);
-                self.backend_ids.remove(&id);
-                report.backends_removed += 1;
-                changed = true;
-            }
-        }
         Ok(changed)
     }
 
-    fn remove(&mut self, name: &ServicePortName, report: &mut SyncReport) -> Result<()> {
-        let Some(p) = self.programmed.remove(name) else { return Ok(()) };
-        for k in p.frontends.keys() {
-            let _ = self.maps.services.remove(k);
+    /// One address marker per frontend address in use.
+    fn write_markers(&mut self, report: &mut SyncReport) {
+        let markers: BTreeSet<ServiceKey> = self.programmed.values().flat_map(|p| p.frontends.keys().map(marker_of)).collect();
+        let value = ServiceValue { id: 0, flags: svc_flags::ADDRESS_MARKER, table: 0, affinity_timeout: 0 };
+        for m in markers.difference(&self.markers) {
+            if let Err(e) = self.maps.services.insert(m, value, 0) {
+                report.errors.push(format!("address marker {:?}: {e}", lb_common::ip_from_map(m.addr)));
+            }
         }
-        self.maps.maglev.set(cluster_table(p.id), &self.empty_table, 0)?;
-        self.maps.maglev.set(local_table(p.id), &self.empty_table, 0)?;
+        for m in self.markers.difference(&markers) {
+            let _ = self.maps.services.remove(m);
+        }
+        self.markers = markers;
+    }
+
+    /// Phase 5 for one service port. Returns whether anything was deleted.
+    fn delete_stale_backends(&mut self, name: &ServicePortName, st: &ServicePortState, report: &mut SyncReport) -> bool {
+        let Some(p) = self.programmed.get_mut(name) else { return false };
+        let listed: BTreeSet<EndpointAddr> = st.endpoints.iter().map(Endpoint::addr).collect();
+        let gone: Vec<EndpointAddr> = p.backends.keys().filter(|a| !listed.contains(*a)).copied().collect();
+        for addr in &gone {
+            if let Some((id, _)) = p.backends.remove(addr) {
+                let _ = self.maps.backends.remove(&id);
+                self.backend_ids.remove(&id);
+                report.backends_removed += 1;
+            }
+        }
+        !gone.is_empty()
+    }
+
+    /// Phase 5 for a removed service port: its backends and id.
+    fn release(&mut self, name: &ServicePortName, report: &mut SyncReport) {
+        let Some(p) = self.programmed.remove(name) else { return };
+        self.table_bytes -= p.cluster.bytes + p.local.bytes;
         for (id, _) in p.backends.values() {
             let _ = self.maps.backends.remove(id);
             self.backend_ids.remove(id);
@@ -379,7 +473,15 @@ impl Writer {
         let _ = self.maps.names.remove(&p.id);
         self.free_ids.insert(p.id);
         report.service_ports_removed += 1;
-        Ok(())
+    }
+
+    /// Kernel-accounted memory of the maps: every map the writer programs (by its fdinfo
+    /// `memlock`) plus every installed Maglev table.
+    pub fn map_memory(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> =
+            self.maps.fds.iter().map(|(name, fd)| (name.to_string(), sys::memlock_bytes(fd).unwrap_or(0))).collect();
+        out.insert("LB_MAGLEV tables".into(), self.table_bytes);
+        out
     }
 
     /// The maps (for pinning and inspection).

@@ -1,0 +1,97 @@
+//! Map memory at scale: 10 000 services × 10 endpoints programmed by the real writer into the
+//! real maps (the agent's default capacities), measured by the kernel's own accounting
+//! (fdinfo `memlock`). The Maglev tables are sized per service (M = 1021 for 10 backends), so
+//! memory follows endpoints rather than services × 16381.
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use lb_tests::privileges::require_root;
+use lb_userspace::{
+    dataplane::{load_object, writer::Writer, Capacity, MapSet},
+    model::{DesiredState, Endpoint, EndpointAddr, Protocol, ServicePortName, ServicePortState},
+};
+
+fn desired(services: u32, endpoints: u32) -> DesiredState {
+    let mut state = DesiredState::default();
+    for s in 0..services {
+        let eps: Vec<Endpoint> = (0..endpoints)
+            .map(|e| {
+                let n = s * endpoints + e;
+                Endpoint {
+                    ip: Ipv4Addr::new(10, 128 + (n >> 16) as u8, (n >> 8) as u8, n as u8),
+                    port: 8080,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: false,
+                    zone_hints: Default::default(),
+                    node_hints: Default::default(),
+                }
+            })
+            .collect();
+        let name = ServicePortName {
+            namespace: "scale".into(),
+            name: format!("svc-{s}"),
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+        };
+        state.services.insert(
+            name,
+            ServicePortState {
+                cluster_ip: Ipv4Addr::new(10, 96, (s >> 8) as u8, s as u8),
+                port: 80,
+                protocol: Protocol::Tcp,
+                node_port: None,
+                external_ips: vec![],
+                load_balancer_ips: vec![],
+                load_balancer_source_ranges: vec![],
+                health_check_node_port: None,
+                external_policy_local: false,
+                internal_policy_local: false,
+                affinity_timeout_seconds: None,
+                cluster_endpoints: eps.iter().map(|e| EndpointAddr { ip: e.ip, port: e.port }).collect(),
+                local_endpoints: vec![],
+                endpoints: eps,
+                has_any_endpoints: true,
+                topology_mode: String::new(),
+            },
+        );
+    }
+    state
+}
+
+#[test]
+fn ten_thousand_services_of_ten_endpoints_fit_well_under_100_mb() {
+    if !require_root("ten_thousand_services_of_ten_endpoints_fit_well_under_100_mb") {
+        return;
+    }
+    let cap = Capacity::default();
+    let mut ebpf = load_object(&cap).unwrap();
+    let maps = MapSet::take(&mut ebpf, &cap, None).unwrap();
+    let mut writer = Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT).unwrap();
+    let state = desired(10_000, 10);
+    let started = Instant::now();
+    let report = writer.apply(&state);
+    let elapsed = started.elapsed();
+    assert!(report.errors.is_empty(), "{:?}", &report.errors[..report.errors.len().min(3)]);
+    assert_eq!(report.tables_written, 10_000);
+    assert_eq!(report.backends_added, 100_000);
+
+    let memory = writer.map_memory();
+    let total: u64 = memory.values().sum();
+    println!("programmed 10000 services x 10 endpoints in {:.2} s", elapsed.as_secs_f64());
+    for (name, bytes) in &memory {
+        println!("  {name:<18} {:>8.1} MiB", *bytes as f64 / (1 << 20) as f64);
+    }
+    println!("  {:<18} {:>8.1} MiB", "total", total as f64 / (1 << 20) as f64);
+    assert!(memory["LB_MAGLEV tables"] > 10_000 * 1021 * 4, "tables are accounted");
+    // Service-dependent maps (frontends, backends, tables) must stay well under 100 MB; the
+    // conntrack LRU is preallocated at its configured size whatever the services.
+    let service_maps = total - memory["LB_CT"];
+    assert!(service_maps < 70 << 20, "service maps use {} MiB", service_maps >> 20);
+    assert!(total < 100 << 20, "all maps use {} MiB", total >> 20);
+
+    // A second sync with nothing changed writes nothing.
+    let again = writer.apply(&state);
+    assert_eq!((again.service_ports_changed, again.tables_written), (0, 0));
+}
