@@ -8,6 +8,7 @@
 //! 4. Otherwise pass untouched.
 
 use aya_ebpf::programs::TcContext;
+use aya_log_ebpf::warn;
 use lb_common::{
     backend_flags, ct_dir, hash::flow_hash, scope, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP,
@@ -135,6 +136,8 @@ fn usable_for_established(b: &Backend, svc_id: u32, proto: u8) -> bool {
 fn dnat(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, b: &Backend) -> Verdict {
     if nat::rewrite(ctx, pkt, Side::Dst, l4.dport, b.addr, b.port).is_err() {
         stats::inc(Counter::DropRewrite);
+        // Cold path only (a helper refused the skb): never logged per packet otherwise.
+        warn!(ctx, "lb: DNAT rewrite failed (proto {}), packet dropped", pkt.proto);
         return Verdict::Drop;
     }
     stats::inc(Counter::ServicePackets);
@@ -161,6 +164,7 @@ fn reply(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     conntrack::touch(e, now, l4.tcp_flags);
     if nat::rewrite(ctx, pkt, Side::Src, l4.sport, addr, port).is_err() {
         stats::inc(Counter::DropRewrite);
+        warn!(ctx, "lb: reverse-NAT rewrite failed (proto {}), packet dropped", pkt.proto);
         return Verdict::Drop;
     }
     stats::inc(Counter::ReplyPackets);

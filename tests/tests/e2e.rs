@@ -137,6 +137,25 @@ fn tcp_and_udp_through_clusterip_reach_all_backends() {
     assert!(stats["new_flows"] >= 570 && stats["new_flows"] <= 600, "{stats:?}");
     assert!(stats["reply_packets"] >= 600, "{stats:?}");
     assert_eq!(stats["drop_rewrite_failed"], 0);
+
+    // lbctl sees both directions of tracked flows and every backend.
+    let ct = env.agent.lbctl_json(&["conntrack"]).unwrap();
+    let dirs: BTreeSet<&str> = ct.as_array().unwrap().iter().filter_map(|e| e["direction"].as_str()).collect();
+    assert_eq!(dirs, BTreeSet::from(["forward", "reply"]));
+    let backends = env.agent.lbctl_json(&["backends"]).unwrap();
+    assert_eq!(backends.as_array().unwrap().len(), 6, "3 endpoints x 2 service ports");
+
+    // A malformed Service next to the good one: reported with its name, nothing else lost.
+    std::fs::write(
+        env.dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: e2e, name: broken}\nspec:\n  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    wait::until("the broken Service reported", Duration::from_secs(10), || env.agent.log().contains("e2e/broken").then_some(()))
+        .unwrap();
+    let tcp = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 30, T);
+    assert_eq!(count_by_name(&tcp).1, 0, "the good Service still works");
+    env.wait_active(&NAMES[..3]);
 }
 
 #[test]

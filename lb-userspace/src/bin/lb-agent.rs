@@ -127,6 +127,23 @@ impl Agent {
     }
 }
 
+/// The datapath's (rare, cold-path) aya-log records go to this process's log.
+fn forward_datapath_logs(ebpf: &mut aya::Ebpf) -> Result<()> {
+    use tokio::io::unix::AsyncFd;
+    let logger = aya_log::EbpfLogger::init(ebpf).context("initialising aya-log")?;
+    // SAFETY: the descriptor belongs to `logger`, which the AsyncFd owns: it stays open for as
+    // long as it is registered.
+    let mut fd = unsafe { AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("registering the aya-log ring: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     lb_userspace::init_logging("info");
@@ -153,6 +170,7 @@ async fn run(args: Args) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
     pins.prepare_fresh()?;
     let mut ebpf = load_object(&args.capacity)?;
+    forward_datapath_logs(&mut ebpf)?;
     pin_object_maps(&ebpf, &pins)?;
     let maps = MapSet::take(&mut ebpf, &args.capacity, Some(&pins))?;
     let config = lb_common::Config {
