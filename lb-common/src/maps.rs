@@ -137,6 +137,14 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+impl CtKey {
+    /// A key for one direction of a flow (addresses and ports in map representation).
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> CtKey {
+        CtKey { saddr, daddr, sport, dport, proto, dir, _pad: [0; 2] }
+    }
+}
+
 /// [`CtEntry::flags`] bits.
 pub mod ct_flags {
     /// A TCP FIN or RST was seen: the short closing timeout applies.

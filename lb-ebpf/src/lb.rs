@@ -55,15 +55,7 @@ pub fn pod_ingress(ctx: &TcContext) -> Verdict {
 #[inline(always)]
 fn forward(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
     let now = conntrack::now();
-    let key = CtKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto: pkt.proto,
-        dir: ct_dir::FORWARD,
-        _pad: [0; 2],
-    };
+    let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::FORWARD);
 
     if let Some(e) = conntrack::lookup(&key, now) {
         // SAFETY: a map value pointer.
@@ -107,15 +99,7 @@ fn forward(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Ve
         _pad2: [0; 2],
     };
     conntrack::touch(&mut entry, now, l4.tcp_flags);
-    let reply_key = CtKey {
-        saddr: b.addr,
-        daddr: pkt.saddr,
-        sport: b.port,
-        dport: l4.sport,
-        proto: pkt.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
-    };
+    let reply_key = CtKey::new(b.addr, pkt.saddr, b.port, l4.sport, pkt.proto, ct_dir::REPLY);
     // Reply entry first: once the forward entry exists, replies must find theirs.
     if !conntrack::insert(&reply_key, &entry) || !conntrack::insert(&key, &entry) {
         stats::inc(Counter::CtInsertFailed);
@@ -148,15 +132,7 @@ fn dnat(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, b: &Backend) -> Verdict {
 /// Backend → client: restore the frontend address and port as the source.
 #[inline(always)]
 fn reply(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
-    let key = CtKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto: pkt.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
-    };
+    let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::REPLY);
     let now = conntrack::now();
     let Some(e) = conntrack::lookup(&key, now) else { return Verdict::Pass };
     // SAFETY: a map value pointer.

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_userspace::{
+    config::ProxyFlags,
     dataplane::{
         attach::{watch_links, Attacher, InterfaceSelector},
         load_object,
@@ -23,7 +24,7 @@ use lb_userspace::{
     },
     files::FileSource,
     model::{self, TranslateOptions},
-    trace::{default_node_name, node_info},
+    trace::node_info,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -44,23 +45,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "veth*")]
     interfaces: Vec<String>,
 
-    /// The node name (default: the host name), as kube-proxy's flag: endpoints whose nodeName
-    /// equals it are local.
-    #[arg(long)]
-    hostname_override: Option<String>,
-
-    /// The pod CIDR of the cluster (kube-proxy's flag). Accepted; used by masquerading, which
-    /// is not implemented yet.
-    #[arg(long)]
-    cluster_cidr: Option<ipnet::Ipv4Net>,
-
-    /// Masquerade all service traffic (kube-proxy's flag). Accepted; not implemented yet.
-    #[arg(long)]
-    masquerade_all: bool,
-
-    /// NodePort addresses (kube-proxy's flag). Accepted; NodePorts are not implemented yet.
-    #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<String>,
+    #[command(flatten)]
+    proxy: ProxyFlags,
 
     /// Directory on a bpffs where the maps are pinned (as `<DIR>/v<layout>/<MAP>`); bpffs is
     /// mounted on its parent if needed.
@@ -162,8 +148,8 @@ async fn run(args: Args) -> Result<()> {
         bail!("--manifests {}: no such file or directory", manifests.display());
     }
     let selector = InterfaceSelector::parse(&args.interfaces)?;
-    let node_name = args.hostname_override.clone().unwrap_or_else(default_node_name);
-    if args.masquerade_all || args.cluster_cidr.is_some() || !args.nodeport_addresses.is_empty() {
+    let node_name = args.proxy.node_name();
+    if args.proxy.has_unimplemented() {
         info!("--cluster-cidr/--masquerade-all/--nodeport-addresses are accepted but not acted on yet");
     }
 

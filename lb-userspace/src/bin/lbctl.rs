@@ -11,9 +11,10 @@ use lb_common::{
     ServiceValue,
 };
 use lb_userspace::{
+    config::ProxyFlags,
     dataplane::{decode_name, names, pin::PinDir, NAME_LEN},
     model::Protocol,
-    trace::{self, default_node_name, TraceRequest},
+    trace::{self, TraceRequest},
 };
 use serde::Serialize;
 
@@ -63,28 +64,24 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct TraceArgs {
+    /// Kubernetes manifests (a file or a directory), read as lb-agent reads them.
     #[arg(long, value_name = "FILE|DIR")]
     manifests: PathBuf,
-    #[arg(long)]
-    hostname_override: Option<String>,
+    #[command(flatten)]
+    proxy: ProxyFlags,
     /// A node address (repeatable). Accepted; host-path tracing comes with NodePort support.
     #[arg(long = "node-ip")]
     node_ip: Vec<Ipv4Addr>,
-    /// Accepted; masquerade decisions come with the external-traffic work.
-    #[arg(long)]
-    cluster_cidr: Option<ipnet::Ipv4Net>,
-    /// Accepted; masquerade decisions come with the external-traffic work.
-    #[arg(long)]
-    masquerade_all: bool,
-    /// Accepted; NodePorts come with the external-traffic work.
-    #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<String>,
+    /// tcp, udp or sctp.
     #[arg(long, value_parser = parse_proto)]
     proto: Protocol,
+    /// Source address of the packet.
     #[arg(long)]
     src: Ipv4Addr,
+    /// Destination address of the packet.
     #[arg(long)]
     dst: Ipv4Addr,
+    /// Destination port of the packet.
     #[arg(long)]
     dport: u16,
     /// Number of flows (source ports) to try.
@@ -409,7 +406,7 @@ fn stats(pins: &PinDir) -> Result<Vec<StatRow>> {
 fn trace_cmd(t: TraceArgs) -> Result<()> {
     let req = TraceRequest {
         manifests: t.manifests,
-        node_name: t.hostname_override.unwrap_or_else(default_node_name),
+        node_name: t.proxy.node_name(),
         node_ips: t.node_ip,
         proto: t.proto,
         src: t.src,

@@ -43,7 +43,6 @@ pub struct SyncReport {
 #[derive(Default, Clone)]
 struct Table {
     endpoints: Vec<EndpointAddr>,
-    size: u32,
     installed: bool,
     /// Kernel-accounted memory of the installed inner map.
     bytes: u64,
@@ -365,7 +364,7 @@ impl Writer {
             words.push(m);
             words.extend(build_table(&members, m));
             let (map, bytes) = create_table(&words)?;
-            let state = Table { endpoints: eps.clone(), size: m, installed: true, bytes };
+            let state = Table { endpoints: eps.clone(), installed: true, bytes };
             pending.push(NewTable { owner: name.clone(), table_id, local, map: Some(map), state });
         }
         Ok(())
