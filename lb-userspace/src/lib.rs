@@ -11,9 +11,12 @@
 pub mod config;
 pub mod dataplane;
 pub mod files;
+pub mod http;
 pub mod manifests;
 pub mod model;
 pub mod packet;
+pub mod source;
+pub mod sync;
 pub mod trace;
 
 /// Installs the tracing subscriber (RUST_LOG, default `info`) writing to stderr.

@@ -122,3 +122,48 @@ mod tests {
         assert_eq!(e, 1);
     }
 }
+
+/// A plain HTTP/1.1 GET from inside `netns`: (status, headers lower-cased, body).
+pub fn http_get(
+    netns: &str,
+    addr: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, BTreeMap<String, String>, String)> {
+    use std::io::Read;
+    in_netns(netns, || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout).with_context(|| format!("connect {addr}"))?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+        let mut lines = head.lines();
+        let status =
+            lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).context("status line")?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect::<BTreeMap<_, _>>();
+        let body = if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok((status, headers, body))
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::Agent,
-    client::{count_by_name, tcp_hello, udp_hello, HeldTcp, UdpFlow},
+    client::{count_by_name, http_get, tcp_hello, udp_hello, HeldTcp, UdpFlow},
     privileges::require_root,
     topo::{PodSpec, Topology},
     wait,
@@ -242,4 +242,49 @@ fn agent_attaches_interfaces_that_appear_later_and_cleans_up_on_sigterm() {
     // Detached: the ClusterIP no longer answers from the pod.
     let r = tcp_hello(&late, SocketAddrV4::new(VIP, 80), 1, Duration::from_millis(500));
     assert!(r[0].is_err(), "traffic still load-balanced after the agent left");
+}
+
+#[test]
+fn health_and_metrics_endpoints_answer_like_kube_proxy() {
+    if !require_root("health_and_metrics_endpoints_answer_like_kube_proxy") {
+        return;
+    }
+    let env = Env::new("e6", 2, &[ready("backend-a"), ready("backend-b")]);
+    let tcp = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 20, T);
+    assert_eq!(count_by_name(&tcp).1, 0);
+    let node = env.topo.node_netns.clone();
+    for path in ["/healthz", "/livez"] {
+        let (status, headers, body) = wait::until(&format!("{path} answers"), Duration::from_secs(10), || {
+            http_get(&node, "127.0.0.1:10256".parse().unwrap(), path, T).ok()
+        })
+        .unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(headers["content-type"].starts_with("application/json"), "{headers:?}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for field in ["lastUpdated", "currentTime"] {
+            assert!(v.get(field).is_some(), "{path} body lacks {field}: {body}");
+        }
+        // As kube-proxy's proxy_health.go: only /healthz reports node eligibility.
+        assert_eq!(v.get("nodeEligible").is_some(), path == "/healthz", "{path}: {body}");
+    }
+    let (status, _, metrics) = http_get(&node, "127.0.0.1:10249".parse().unwrap(), "/metrics", T).unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "kubeproxy_network_programming_duration_seconds",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+        "lb_datapath_new_flows_total",
+        "lb_map_entries",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    // The datapath counters are live: 20 new flows were just made.
+    let new_flows: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("lb_datapath_new_flows_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(new_flows >= 20.0, "{new_flows}");
 }

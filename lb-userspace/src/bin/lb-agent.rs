@@ -1,13 +1,21 @@
 //! `lb-agent`: programs the eBPF service load balancer on this node from Kubernetes objects.
 //!
-//! Source (this version): Kubernetes YAML/JSON manifests (`--manifests FILE|DIR`), watched.
-//! Pipeline: source → pure translation (`model::translate`, SEMANTICS.md) → single writer
-//! (`dataplane::writer`) → maps pinned under `--bpffs`. The tc program is attached at ingress
-//! of every interface matching `--interfaces`, including interfaces created later.
+//! Sources: the API server (kube-rs watchers, the default) or Kubernetes YAML/JSON manifests
+//! (`--manifests FILE|DIR`, watched). Either publishes complete snapshots of Services,
+//! EndpointSlices and this Node once its initial lists are complete (K1). The sync loop applies
+//! the latest snapshot at most once per `--min-sync-period` (burst 2), retries failed syncs
+//! after `--sync-period`, and fully resyncs every `--sync-period` (K2): pure translation
+//! (`model::translate`, SEMANTICS.md) → single writer (`dataplane::writer`) → maps pinned under
+//! `--bpffs`. The tc program sits at ingress of every interface matching `--interfaces`,
+//! including interfaces created later. Health on `--healthz-bind-address`, Prometheus metrics on
+//! `--metrics-bind-address`, as kube-proxy.
 
 use std::{
+    collections::HashMap,
+    net::SocketAddr,
     path::PathBuf,
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +24,7 @@ use lb_userspace::{
     config::ProxyFlags,
     dataplane::{
         attach::{watch_links, Attacher, InterfaceSelector},
+        inspect::datapath_snapshot,
         load_object,
         pin::PinDir,
         pin_object_maps,
@@ -23,22 +32,31 @@ use lb_userspace::{
         Capacity, MapSet,
     },
     files::FileSource,
-    model::{self, TranslateOptions},
+    http::{serve_health, serve_metrics, HealthState, Metrics},
+    manifests::ObjectSet,
+    model::{self, DesiredState, TranslateOptions},
+    source::kube::{client, KubeSource},
+    sync::{Decision, SyncScheduler},
     trace::node_info,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(name = "lb-agent", version, about = "eBPF service load balancer node agent (kube-proxy replacement)")]
 struct Args {
-    /// Kubernetes manifests to serve: a YAML/JSON file, or a directory of .yaml/.yml/.json
-    /// files (like `kubectl apply -f DIR`). Watched for changes, including replace-by-rename.
+    /// Serve Kubernetes manifests instead of the API server: a YAML/JSON file, or a directory
+    /// of .yaml/.yml/.json files (like `kubectl apply -f DIR`). Watched for changes, including
+    /// replace-by-rename.
     #[arg(long, value_name = "FILE|DIR")]
     manifests: Option<PathBuf>,
+
+    /// Kubeconfig for the API server (default: in-cluster config, else ~/.kube/config).
+    #[arg(long, conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
 
     /// Interfaces to attach the pod-facing program to: names or glob patterns, comma
     /// separated (`veth*,eth1`). Matching interfaces that appear later are attached too.
@@ -53,9 +71,26 @@ struct Args {
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
 
-    /// Minimum time between two syncs (kube-proxy's --min-sync-period).
+    /// Remove everything a previous agent left under --bpffs, then exit (like kube-proxy's
+    /// --cleanup).
+    #[arg(long)]
+    cleanup: bool,
+
+    /// Minimum time between two syncs (kube-proxy's --min-sync-period; bursts of 2 allowed).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     min_sync_period: Duration,
+
+    /// Full resync period, and the retry delay after a failed sync (kube-proxy's --sync-period).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    sync_period: Duration,
+
+    /// Health server address (/healthz, /livez); empty disables it.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
+
+    /// Metrics server address (/metrics); empty disables it.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
 
     /// Idle timeout of established TCP flows (kube-proxy's flag of the same name).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -77,39 +112,137 @@ fn secs(d: Duration) -> u32 {
     d.as_secs().clamp(1, u32::MAX as u64) as u32
 }
 
-struct Agent {
-    args: Args,
-    node_name: String,
-    source: FileSource,
-    writer: Writer,
-    last_sync: Option<Instant>,
+fn bind_address(s: &str, flag: &str) -> Result<Option<SocketAddr>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).with_context(|| format!("--{flag} {s:?}: expected IP:PORT"))
 }
 
-impl Agent {
-    fn sync(&mut self) {
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Translation + writer + what the metrics need between syncs.
+struct Pipeline {
+    node_name: String,
+    writer: Writer,
+    health: Arc<HealthState>,
+    metrics: Arc<Metrics>,
+    /// EndpointSlice (namespace/name) → the last change-trigger time already observed.
+    trigger_times: HashMap<String, String>,
+}
+
+impl Pipeline {
+    /// Applies a snapshot; returns whether every service port was applied.
+    fn sync(&mut self, objects: &ObjectSet, full: bool) -> bool {
         let started = Instant::now();
-        let (objects, errors) = self.source.load();
-        for e in &errors {
-            warn!("manifest: {e}");
+        let node = node_info(objects, &self.node_name);
+        if let Some(n) = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str())) {
+            self.health.set_node_eligible(HealthState::node_eligible_from(n));
         }
-        let node = node_info(&objects, &self.node_name);
         let (desired, object_errors) = model::translate(&objects.services, &objects.slices, &node, &TranslateOptions::default());
         for e in &object_errors {
             warn!("skipped: {e}");
         }
+        if full {
+            self.writer.invalidate();
+        }
         let report = self.writer.apply(&desired);
+        let elapsed = started.elapsed();
+        self.observe_programming_latency(objects);
+        self.metrics.set_service_ports(desired.services.len() as u64);
+        let (internal, external) = no_local_endpoints(&desired);
+        self.metrics.set_no_endpoints(internal, external);
+        if report.errors.is_empty() {
+            // As kube-proxy: only a successful sync counts as an update.
+            self.metrics.observe_sync(elapsed);
+            self.health.updated();
+        } else {
+            self.metrics.inc_sync_errors();
+        }
         info!(
+            full,
             service_ports = report.service_ports,
             changed = report.service_ports_changed,
             removed = report.service_ports_removed,
             tables_written = report.tables_written,
             backends_added = report.backends_added,
             backends_removed = report.backends_removed,
-            errors = report.errors.len() + object_errors.len() + errors.len(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            errors = report.errors.len(),
+            skipped_objects = object_errors.len(),
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             "synced"
         );
-        self.last_sync = Some(Instant::now());
+        report.errors.is_empty()
+    }
+
+    /// kubeproxy_network_programming_duration_seconds: from each EndpointSlice change's trigger
+    /// time (its annotation) to now, once per new trigger time.
+    fn observe_programming_latency(&mut self, objects: &ObjectSet) {
+        let now = SystemTime::now();
+        let mut seen = HashMap::new();
+        for s in &objects.slices {
+            let key = format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or(""), s.metadata.name.as_deref().unwrap_or(""));
+            let Some(t) = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME)) else { continue };
+            if self.trigger_times.get(&key) != Some(t) {
+                if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+                    if let Ok(latency) = now.duration_since(at) {
+                        self.metrics.observe_network_programming(latency);
+                    }
+                }
+            }
+            seen.insert(key, t.clone());
+        }
+        self.trigger_times = seen;
+    }
+}
+
+/// Service ports with a Local policy whose endpoints are all elsewhere (K3).
+fn no_local_endpoints(desired: &DesiredState) -> (u64, u64) {
+    let mut internal = 0;
+    let mut external = 0;
+    for st in desired.services.values() {
+        let none_local = st.has_any_endpoints && st.local_endpoints.is_empty();
+        if st.internal_policy_local && none_local {
+            internal += 1;
+        }
+        if st.external_policy_local && st.externally_accessible() && none_local {
+            external += 1;
+        }
+    }
+    (internal, external)
+}
+
+type Snapshots = watch::Sender<Option<Arc<ObjectSet>>>;
+
+/// The manifest source: loads now and on every change, publishing complete snapshots.
+async fn run_files(path: PathBuf, tx: Snapshots) -> Result<()> {
+    let mut source = FileSource::new(&path);
+    let (file_tx, mut file_rx) = mpsc::channel(64);
+    let _watcher = source.watch(file_tx)?;
+    loop {
+        let (objects, errors) = source.load();
+        for e in &errors {
+            warn!("manifest: {e}");
+        }
+        if tx.send(Some(Arc::new(objects))).is_err() {
+            return Ok(());
+        }
+        if file_rx.recv().await.is_none() {
+            return Ok(());
+        }
+        // Let a burst of writes settle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while file_rx.try_recv().is_ok() {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    lb_userspace::init_logging("info");
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        error!("{e:#}");
+        std::process::exit(1);
     }
 }
 
@@ -130,30 +263,36 @@ fn forward_datapath_logs(ebpf: &mut aya::Ebpf) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
-    lb_userspace::init_logging("info");
-    let args = Args::parse();
-    if let Err(e) = run(args).await {
-        error!("{e:#}");
-        std::process::exit(1);
-    }
-}
-
 async fn run(args: Args) -> Result<()> {
-    let Some(manifests) = args.manifests.clone() else {
-        bail!("--manifests is required: the Kubernetes API source is not implemented in this version");
-    };
-    if !manifests.exists() {
-        bail!("--manifests {}: no such file or directory", manifests.display());
+    let pins = PinDir::new(&args.bpffs);
+    if args.cleanup {
+        pins.remove()?;
+        info!(bpffs = %args.bpffs.display(), "cleaned up");
+        return Ok(());
+    }
+    if let Some(m) = &args.manifests {
+        if !m.exists() {
+            bail!("--manifests {}: no such file or directory", m.display());
+        }
     }
     let selector = InterfaceSelector::parse(&args.interfaces)?;
     let node_name = args.proxy.node_name();
     if args.proxy.has_unimplemented() {
         info!("--cluster-cidr/--masquerade-all/--nodeport-addresses are accepted but not acted on yet");
     }
+    let healthz = bind_address(&args.healthz_bind_address, "healthz-bind-address")?;
+    let metrics_addr = bind_address(&args.metrics_bind_address, "metrics-bind-address")?;
 
-    let pins = PinDir::new(&args.bpffs);
+    // The source first: with the API server, a bad kubeconfig fails before anything is loaded.
+    let (snap_tx, mut snap_rx) = watch::channel(None);
+    let source = match &args.manifests {
+        Some(path) => tokio::spawn(run_files(path.clone(), snap_tx)),
+        None => {
+            let client = client(args.kubeconfig.as_deref()).await.context("connecting to the API server")?;
+            tokio::spawn(KubeSource::new(client, node_name.clone()).run(snap_tx))
+        }
+    };
+
     pins.prepare_fresh()?;
     let mut ebpf = load_object(&args.capacity)?;
     forward_datapath_logs(&mut ebpf)?;
@@ -168,19 +307,54 @@ async fn run(args: Args) -> Result<()> {
     let writer = Writer::new(maps, args.capacity.max_table_size, args.capacity.max_service_ports, config)?;
     info!(node = %node_name, bpffs = %pins.versioned().display(), "datapath loaded, maps pinned");
 
-    let mut agent = Agent { source: FileSource::new(&manifests), node_name, writer, last_sync: None, args };
-    // Nothing is attached before the first complete sync, so the first packets already see
-    // every service.
-    agent.sync();
+    // kube-proxy's health timeout is twice its sync period.
+    let health = HealthState::new(2 * args.sync_period);
+    let metrics = Metrics::new();
+    if let Some(addr) = healthz {
+        let h = health.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_health(addr, h).await {
+                error!("health server on {addr}: {e:#}");
+            }
+        });
+    }
+    if let Some(addr) = metrics_addr {
+        let m = metrics.clone();
+        let p = pins.clone();
+        let refresh: Arc<dyn Fn() -> Option<lb_userspace::http::DatapathSnapshot> + Send + Sync> =
+            Arc::new(move || datapath_snapshot(&p).map_err(|e| warn!("reading the datapath for metrics: {e:#}")).ok());
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(addr, m, refresh).await {
+                error!("metrics server on {addr}: {e:#}");
+            }
+        });
+    }
+
+    let mut pipeline = Pipeline { node_name, writer, health: health.clone(), metrics, trigger_times: HashMap::new() };
+    let mut scheduler = SyncScheduler::new(Instant::now(), args.min_sync_period, args.sync_period, args.sync_period);
+
+    // K1: nothing is programmed (and nothing attached) before the source's first complete
+    // snapshot, so the first packets already see every service.
+    info!("waiting for the initial lists");
+    let first = loop {
+        if snap_rx.changed().await.is_err() {
+            bail!("the source stopped before its initial lists: {:?}", source.await);
+        }
+        if let Some(s) = snap_rx.borrow_and_update().clone() {
+            break s;
+        }
+    };
+    health.queued_update();
+    scheduler.queue();
+    let _ = scheduler.decide(Instant::now());
+    let ok = pipeline.sync(&first, false);
+    scheduler.done(Instant::now(), ok);
 
     let mut attacher = Attacher::default();
     attacher.reconcile(&mut ebpf, &selector).context("attaching")?;
     if attacher.attached().next().is_none() {
-        warn!("no interface matches --interfaces {:?} yet; waiting for one", agent.args.interfaces);
+        warn!("no interface matches --interfaces {:?} yet; waiting for one", args.interfaces);
     }
-
-    let (file_tx, mut file_rx) = mpsc::channel(64);
-    let _watcher = agent.source.watch(file_tx)?;
     let (link_tx, mut link_rx) = mpsc::channel(64);
     watch_links(link_tx)?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -189,17 +363,27 @@ async fn run(args: Args) -> Result<()> {
     info!("ready");
 
     loop {
-        tokio::select! {
-            Some(()) = file_rx.recv() => {
-                // Let a burst of writes settle, then respect the minimum sync period.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                if let Some(last) = agent.last_sync {
-                    let wait = agent.args.min_sync_period.saturating_sub(last.elapsed());
-                    tokio::time::sleep(wait).await;
+        let wake = match scheduler.decide(Instant::now()) {
+            Decision::Sync { full } => {
+                let snapshot = snap_rx.borrow_and_update().clone();
+                if let Some(s) = snapshot {
+                    let ok = pipeline.sync(&s, full);
+                    scheduler.done(Instant::now(), ok);
                 }
-                while file_rx.try_recv().is_ok() {}
-                agent.sync();
+                continue;
             }
+            Decision::WaitUntil(t) => t.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            changed = snap_rx.changed() => {
+                if changed.is_err() {
+                    bail!("the source stopped: {:?}", source.await);
+                }
+                health.queued_update();
+                pipeline.metrics.queued_sync();
+                scheduler.queue();
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
             Some(()) = link_rx.recv() => {
                 while link_rx.try_recv().is_ok() {}
                 if let Err(e) = attacher.reconcile(&mut ebpf, &selector) { warn!("attach: {e:#}"); }
@@ -213,7 +397,8 @@ async fn run(args: Args) -> Result<()> {
     }
 
     attacher.detach_all(&mut ebpf);
-    drop(agent);
+    source.abort();
+    drop(pipeline);
     drop(ebpf);
     pins.remove()?;
     info!("detached and cleaned up");

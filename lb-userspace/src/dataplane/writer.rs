@@ -84,6 +84,8 @@ pub struct Writer {
     backend_ids: BTreeSet<u32>,
     next_backend_id: u32,
     markers: BTreeSet<ServiceKey>,
+    /// Rewrite every address marker at the next apply (after [`Writer::invalidate`]).
+    rewrite_markers: bool,
     empty_table: MapData,
     /// Kernel-accounted memory of every installed Maglev table.
     table_bytes: u64,
@@ -154,9 +156,32 @@ impl Writer {
             backend_ids: BTreeSet::new(),
             next_backend_id: 1,
             markers: BTreeSet::new(),
+            rewrite_markers: false,
             empty_table,
             table_bytes: 0,
         })
+    }
+
+    /// Forgets what the writer believes the maps hold (keeping every id), so the next apply
+    /// rewrites every frontend, backend and table: the periodic full resync, which also
+    /// repairs maps changed behind the agent's back.
+    pub fn invalidate(&mut self) {
+        for p in self.programmed.values_mut() {
+            for v in p.frontends.values_mut() {
+                v.flags = u32::MAX; // never a real value: rewritten
+            }
+            for b in p.backends.values_mut() {
+                b.1 = u8::MAX;
+            }
+            // An endpoint list no service port can have: every installed table is rebuilt (or
+            // cleared, for a local table no longer needed).
+            let never = vec![EndpointAddr { ip: std::net::Ipv4Addr::UNSPECIFIED, port: 0 }];
+            p.cluster.endpoints.clone_from(&never);
+            if p.local.installed {
+                p.local.endpoints = never;
+            }
+        }
+        self.rewrite_markers = true;
     }
 
     /// The id of a programmed service port.
@@ -434,7 +459,12 @@ impl Writer {
     fn write_markers(&mut self, report: &mut SyncReport) {
         let markers: BTreeSet<ServiceKey> = self.programmed.values().flat_map(|p| p.frontends.keys().map(marker_of)).collect();
         let value = ServiceValue { id: 0, flags: svc_flags::ADDRESS_MARKER, table: 0, affinity_timeout: 0 };
-        for m in markers.difference(&self.markers) {
+        let missing: Vec<ServiceKey> = if std::mem::take(&mut self.rewrite_markers) {
+            markers.iter().copied().collect()
+        } else {
+            markers.difference(&self.markers).copied().collect()
+        };
+        for m in &missing {
             if let Err(e) = self.maps.services.insert(m, value, 0) {
                 report.errors.push(format!("address marker {:?}: {e}", lb_common::ip_from_map(m.addr)));
             }

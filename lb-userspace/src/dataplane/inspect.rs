@@ -1,0 +1,39 @@
+//! Reading a running datapath's pinned maps for metrics: counters summed over CPUs and map
+//! fill levels.
+
+use anyhow::Result;
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use lb_common::{Backend, Counter, CtEntry, CtKey, ServiceKey, ServiceValue};
+
+use super::{names, pin::PinDir};
+use crate::http::DatapathSnapshot;
+
+fn max_entries(map: &Map) -> u64 {
+    let data = match map {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::ArrayOfMaps(d) | Map::PerCpuArray(d) => d,
+        _ => return 0,
+    };
+    data.info().map(|i| i.max_entries() as u64).unwrap_or(0)
+}
+
+fn fill<K: aya::Pod, V: aya::Pod>(pins: &PinDir, name: &str) -> Result<(String, u64, u64)> {
+    let map = pins.open(name)?;
+    let max = max_entries(&map);
+    let typed: HashMap<MapData, K, V> = HashMap::try_from(map)?;
+    Ok((name.to_string(), typed.keys().filter(|k| k.is_ok()).count() as u64, max))
+}
+
+/// Counters and fill levels of the datapath pinned under `pins`.
+pub fn datapath_snapshot(pins: &PinDir) -> Result<DatapathSnapshot> {
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(pins.open(names::STATS)?)?;
+    let counters = Counter::ALL
+        .iter()
+        .map(|c| Ok((c.name().to_string(), stats.get(&(*c as u32), 0)?.iter().sum())))
+        .collect::<Result<Vec<_>>>()?;
+    let map_entries = vec![
+        fill::<ServiceKey, ServiceValue>(pins, names::SERVICES)?,
+        fill::<u32, Backend>(pins, names::BACKENDS)?,
+        fill::<CtKey, CtEntry>(pins, names::CT)?,
+    ];
+    Ok(DatapathSnapshot { counters, map_entries })
+}
