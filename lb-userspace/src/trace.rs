@@ -91,7 +91,7 @@ pub fn run(req: &TraceRequest) -> Result<TraceDetails> {
         conntrack_entries: 4096.max(req.flows * 4),
         ..Capacity::default()
     };
-    let mut ebpf = load_object(&cap)?;
+    let mut ebpf = load_object(&cap, None)?;
     let maps = MapSet::take(&mut ebpf, &cap, None)?;
     let mut writer = Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT)?;
     let sync = writer.apply(&desired);

@@ -106,6 +106,14 @@ impl Agent {
             .collect())
     }
 
+    /// SIGKILL: the agent dies without any cleanup (its pins stay, as after a crash).
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM and wait (≤ 15 s) for a clean exit.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;

@@ -81,6 +81,12 @@ impl Env {
         let agent = Agent::start(&topo.node_netns, &dir, &topo.host_if_pattern(), &bpffs, &[]).expect("agent");
         let env = Env { topo, agent, dir };
         env.wait_active(&eps.iter().filter(|e| e.1).map(|e| e.0).collect::<Vec<_>>());
+        // Fail fast (with the agent's log) if the datapath does not answer at all, rather than
+        // through hundreds of connection timeouts.
+        wait::until("a first connection through the ClusterIP", Duration::from_secs(15), || {
+            tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 1, Duration::from_millis(500)).pop()?.ok()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", env.agent.log()));
         env
     }
 
@@ -287,4 +293,115 @@ fn health_and_metrics_endpoints_answer_like_kube_proxy() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(new_flows >= 20.0, "{new_flows}");
+}
+
+#[test]
+fn agent_restart_under_load_drops_nothing_and_keeps_ids() {
+    if !require_root("agent_restart_under_load_drops_nothing_and_keeps_ids") {
+        return;
+    }
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    let mut env = Env::new("e7", 4, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
+    let client = env.client();
+    let ids_before = env.agent.lbctl_json(&["services"]).unwrap();
+    let mut held = HeldTcp::open(&client, SocketAddrV4::new(VIP, 80), 30, T).unwrap();
+    let names_before = held.names();
+    let flows: Vec<UdpFlow> = (0..10).map(|_| UdpFlow::open(&client, SocketAddrV4::new(VIP, 53)).unwrap()).collect();
+    let udp_before: Vec<String> = flows.iter().map(|f| f.send_recv(T).unwrap()).collect();
+
+    // Continuous load: new TCP connections and UDP datagrams on the established flows.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for r in tcp_hello(&client, SocketAddrV4::new(VIP, 80), 5, T) {
+                    match r {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.push(format!("{e:#}"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                for (f, was) in flows.iter().zip(&udp_before) {
+                    match f.send_recv(T) {
+                        Ok(n) if &n == was => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            errors.push(format!("UDP flow: {other:?} (was {was})"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            }
+            errors
+        })
+    };
+
+    // The agent dies without cleaning anything: the datapath keeps serving on its own.
+    let bpffs = env.agent.bpffs.clone();
+    env.agent.kill9().unwrap();
+    let served = ok.load(Ordering::Relaxed);
+    wait::until("traffic served while no agent runs", Duration::from_secs(10), || {
+        (ok.load(Ordering::Relaxed) > served + 20).then_some(())
+    })
+    .unwrap();
+    // A new agent adopts the pinned maps and links, then applies a change.
+    env.agent = lb_tests::agent::Agent::start(&env.topo.node_netns, &env.dir, &env.topo.host_if_pattern(), &bpffs, &[]).unwrap();
+    assert!(env.agent.log().contains("adopted=2 service ports, 6 backends, 2 Maglev tables"), "{}", env.agent.log());
+    env.set_endpoints(&[ready("backend-a"), ready("backend-b"), ready("backend-c"), ready("backend-d")]);
+    env.wait_active(&NAMES);
+    let served = ok.load(Ordering::Relaxed);
+    wait::until("traffic after the change", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > served + 20).then_some(()))
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let errors = load.join().unwrap();
+    assert!(errors.is_empty(), "{} failures, e.g. {:?}", errors.len(), &errors[..errors.len().min(3)]);
+    println!("restart under load: {} requests served, 0 failed", ok.load(Ordering::Relaxed));
+
+    // Established connections kept their backends; service-port ids did not change.
+    let after: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("established connection survived")).collect();
+    assert_eq!(after, names_before);
+    let ids = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v.as_array().unwrap().iter().map(|s| (s["frontend"].as_str().unwrap().to_string(), s["id"].as_u64().unwrap())).collect()
+    };
+    assert_eq!(ids(&env.agent.lbctl_json(&["services"]).unwrap()), ids(&ids_before));
+    let log = env.agent.log();
+    assert!(log.contains("took over the pinned link"), "{log}");
+}
+
+#[test]
+fn keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it() {
+    if !require_root("keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it") {
+        return;
+    }
+    let mut env = Env::new("e8", 1, &[ready("backend-a")]);
+    let bpffs = env.agent.bpffs.clone();
+    // Restart the agent with --keep-datapath, then SIGTERM it.
+    env.agent.kill9().unwrap();
+    env.agent =
+        lb_tests::agent::Agent::start(&env.topo.node_netns, &env.dir, &env.topo.host_if_pattern(), &bpffs, &["--keep-datapath"])
+            .unwrap();
+    let status = env.agent.stop().unwrap();
+    assert!(status.success());
+    assert!(bpffs.join("v1/LB_SERVICES").exists() && bpffs.join("links").read_dir().unwrap().count() == 2);
+    let r = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 10, T);
+    assert_eq!(count_by_name(&r).0.get("backend-a"), Some(&10), "traffic flows with no agent: {r:?}");
+
+    // --cleanup removes everything: the ClusterIP stops answering.
+    let out = std::process::Command::new(lb_tests::agent::bin_dir().join("lb-agent"))
+        .arg("--cleanup")
+        .arg("--bpffs")
+        .arg(&bpffs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!bpffs.exists());
+    let r = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 1, Duration::from_millis(500));
+    assert!(r[0].is_err(), "still load-balanced after --cleanup");
 }

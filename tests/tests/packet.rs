@@ -97,7 +97,7 @@ impl Harness {
             conntrack_entries: 4096,
             ..Capacity::default()
         };
-        let mut ebpf = load_object(&cap).expect("load object");
+        let mut ebpf = load_object(&cap, None).expect("load object");
         let maps = MapSet::take(&mut ebpf, &cap, None).expect("maps");
         let mut writer =
             Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT).expect("writer");

@@ -66,7 +66,7 @@ fn ten_thousand_services_of_ten_endpoints_fit_well_under_100_mb() {
         return;
     }
     let cap = Capacity::default();
-    let mut ebpf = load_object(&cap).unwrap();
+    let mut ebpf = load_object(&cap, None).unwrap();
     let maps = MapSet::take(&mut ebpf, &cap, None).unwrap();
     let mut writer = Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT).unwrap();
     let state = desired(10_000, 10);

@@ -27,7 +27,6 @@ use lb_userspace::{
         inspect::datapath_snapshot,
         load_object,
         pin::PinDir,
-        pin_object_maps,
         writer::Writer,
         Capacity, MapSet,
     },
@@ -71,10 +70,16 @@ struct Args {
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
 
-    /// Remove everything a previous agent left under --bpffs, then exit (like kube-proxy's
-    /// --cleanup).
+    /// Remove everything a previous agent left under --bpffs (maps and attachments), then exit
+    /// (like kube-proxy's --cleanup).
     #[arg(long)]
     cleanup: bool,
+
+    /// On SIGTERM/SIGINT, leave the datapath running (programs attached, maps pinned) for the
+    /// next agent to adopt: restarts and upgrades without dropping a connection. Without it
+    /// the agent detaches and removes everything it created.
+    #[arg(long)]
+    keep_datapath: bool,
 
     /// Minimum time between two syncs (kube-proxy's --min-sync-period; bursts of 2 allowed).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -293,10 +298,11 @@ async fn run(args: Args) -> Result<()> {
         }
     };
 
-    pins.prepare_fresh()?;
-    let mut ebpf = load_object(&args.capacity)?;
+    // Maps pinned by an earlier agent are reused with their contents (conntrack included) and
+    // its programming is read back: ids stay stable, the first sync changes only what differs.
+    pins.prepare()?;
+    let mut ebpf = load_object(&args.capacity, Some(&pins))?;
     forward_datapath_logs(&mut ebpf)?;
-    pin_object_maps(&ebpf, &pins)?;
     let maps = MapSet::take(&mut ebpf, &args.capacity, Some(&pins))?;
     let config = lb_common::Config {
         tcp_established_timeout: secs(args.conntrack_tcp_timeout_established),
@@ -304,8 +310,8 @@ async fn run(args: Args) -> Result<()> {
         udp_timeout: secs(args.conntrack_udp_timeout),
         flags: 0,
     };
-    let writer = Writer::new(maps, args.capacity.max_table_size, args.capacity.max_service_ports, config)?;
-    info!(node = %node_name, bpffs = %pins.versioned().display(), "datapath loaded, maps pinned");
+    let (writer, adopted) = Writer::adopt(maps, args.capacity.max_table_size, args.capacity.max_service_ports, config)?;
+    info!(node = %node_name, bpffs = %pins.versioned().display(), adopted = %adopted, "datapath loaded, maps pinned");
 
     // kube-proxy's health timeout is twice its sync period.
     let health = HealthState::new(2 * args.sync_period);
@@ -350,8 +356,11 @@ async fn run(args: Args) -> Result<()> {
     let ok = pipeline.sync(&first, false);
     scheduler.done(Instant::now(), ok);
 
-    let mut attacher = Attacher::default();
+    let mut attacher = Attacher::new(pins.links_dir())?;
     attacher.reconcile(&mut ebpf, &selector).context("attaching")?;
+    for old in pins.remove_other_versions()? {
+        info!(path = %old.display(), "removed maps of another layout version (links taken over)");
+    }
     if attacher.attached().next().is_none() {
         warn!("no interface matches --interfaces {:?} yet; waiting for one", args.interfaces);
     }
@@ -396,8 +405,12 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
-    attacher.detach_all(&mut ebpf);
     source.abort();
+    if args.keep_datapath {
+        info!("--keep-datapath: programs stay attached and maps pinned for the next agent");
+        return Ok(());
+    }
+    attacher.detach_all();
     drop(pipeline);
     drop(ebpf);
     pins.remove()?;

@@ -1,11 +1,20 @@
-//! Attaching the pod-facing tc program to the configured interfaces, and following
-//! interfaces as they come and go (netlink link notifications).
+//! Attaching the pod-facing tc program to the configured interfaces, following interfaces as
+//! they come and go (netlink link notifications), and keeping the attachments alive across
+//! agent restarts.
+//!
+//! Each attachment is a TCX bpf_link pinned at `<bpffs>/links/<interface>`: while the pin
+//! exists the program stays attached, whether or not an agent runs. A starting agent finds the
+//! pin and swaps its freshly loaded program into the existing link (`bpf_link_update`, atomic:
+//! no packet is ever without a program), so restarts and upgrades are hitless.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context, Result};
 use aya::{
-    programs::{tc::SchedClassifierLinkId, SchedClassifier, TcAttachType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        SchedClassifier, TcAttachType,
+    },
     Ebpf,
 };
 use tracing::{info, warn};
@@ -55,6 +64,12 @@ pub fn interfaces() -> Vec<(String, u32)> {
     out
 }
 
+/// A bpffs file name for an interface: bpffs refuses '.' in names (VLAN interfaces such as
+/// `eth0.100` have one), so '%' and '.' are escaped.
+fn pin_name(interface: &str) -> String {
+    interface.replace('%', "%25").replace('.', "%2e")
+}
+
 /// Loads the pod-facing program into the kernel (once).
 pub fn load_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     let prog: &mut SchedClassifier =
@@ -65,53 +80,108 @@ pub fn load_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     Ok(prog)
 }
 
-/// The interfaces the program is attached to.
-#[derive(Default)]
+/// The interfaces the program is attached to, as pinned links.
 pub struct Attacher {
-    attached: BTreeMap<String, (u32, SchedClassifierLinkId)>,
+    dir: PathBuf,
+    /// interface → ifindex it had when attached.
+    attached: BTreeMap<String, u32>,
 }
 
 impl Attacher {
-    /// Attaches to every matching interface not yet attached, forgets vanished ones.
+    /// Attachments pinned under `dir` (created if missing).
+    pub fn new(dir: PathBuf) -> Result<Attacher> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Attacher { dir, attached: BTreeMap::new() })
+    }
+
+    fn pin_path(&self, interface: &str) -> PathBuf {
+        self.dir.join(pin_name(interface))
+    }
+
+    /// Pins a link of ours at the interface's path, atomically replacing an older pin.
+    fn pin(&self, prog: &mut SchedClassifier, id: aya::programs::tc::SchedClassifierLinkId, interface: &str) -> Result<()> {
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link.try_into().context("not a bpf_link (TCX needs Linux 6.6)")?;
+        let tmp = self.dir.join(format!("new-{}", pin_name(interface)));
+        let _ = std::fs::remove_file(&tmp);
+        fd.pin(&tmp).with_context(|| format!("pinning the link of {interface}"))?;
+        std::fs::rename(&tmp, self.pin_path(interface)).with_context(|| format!("replacing the pinned link of {interface}"))?;
+        Ok(())
+    }
+
+    /// Attaches to every matching interface not yet attached (taking over links pinned by an
+    /// earlier agent), and forgets vanished interfaces.
     pub fn reconcile(&mut self, ebpf: &mut Ebpf, selector: &InterfaceSelector) -> Result<()> {
         let prog = load_pod_program(ebpf)?;
         let present: BTreeMap<String, u32> = interfaces().into_iter().filter(|(n, _)| selector.matches(n)).collect();
+
         let stale: Vec<String> =
-            self.attached.iter().filter(|(n, (idx, _))| present.get(*n) != Some(idx)).map(|(n, _)| n.clone()).collect();
+            self.attached.iter().filter(|(n, idx)| present.get(*n) != Some(idx)).map(|(n, _)| n.clone()).collect();
         for name in stale {
-            if let Some((_, link)) = self.attached.remove(&name) {
-                // The interface is gone (or was replaced): its link went with it.
-                let _ = prog.detach(link);
-                info!(interface = %name, "interface gone, forgotten");
-            }
+            // The interface is gone or was replaced: the kernel detached its link.
+            self.attached.remove(&name);
+            let _ = std::fs::remove_file(self.pin_path(&name));
+            info!(interface = %name, "interface gone, forgotten");
         }
+
         for (name, idx) in present {
             if self.attached.contains_key(&name) {
                 continue;
             }
-            match prog.attach(&name, TcAttachType::Ingress) {
-                Ok(link) => {
-                    info!(interface = %name, ifindex = idx, "attached lb_pod_ingress (tc ingress)");
-                    self.attached.insert(name, (idx, link));
+            match self.attach_one(prog, &name) {
+                Ok(how) => {
+                    info!(interface = %name, ifindex = idx, "{how} lb_pod_ingress (tcx ingress)");
+                    self.attached.insert(name, idx);
                 }
-                Err(e) => warn!(interface = %name, "attach failed: {e}"),
+                Err(e) => warn!(interface = %name, "attach failed: {e:#}"),
             }
         }
         Ok(())
+    }
+
+    fn attach_one(&self, prog: &mut SchedClassifier, name: &str) -> Result<&'static str> {
+        let path = self.pin_path(name);
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            // An earlier agent's link: swap our program in atomically.
+            let link = FdLink::from(old).try_into().context("pinned link is not a tc link")?;
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    self.pin(prog, id, name)?;
+                    return Ok("took over the pinned link and swapped in");
+                }
+                // A link of a deleted interface (defunct): replace it with a fresh attachment.
+                Err(e) => {
+                    warn!(interface = %name, "pinned link unusable ({e}); attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let id = prog.attach(name, TcAttachType::Ingress)?;
+        self.pin(prog, id, name)?;
+        Ok("attached")
     }
 
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.attached.keys().map(String::as_str)
     }
 
-    /// Detaches from every interface.
-    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
-        let Ok(prog) = load_pod_program(ebpf) else { return };
-        for (name, (_, link)) in std::mem::take(&mut self.attached) {
-            if let Err(e) = prog.detach(link) {
-                warn!(interface = %name, "detach: {e}");
+    /// Detaches from every interface (unpinning the links releases them).
+    pub fn detach_all(&mut self) {
+        for name in std::mem::take(&mut self.attached).into_keys() {
+            if let Err(e) = std::fs::remove_file(self.pin_path(&name)) {
+                warn!(interface = %name, "unpinning: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pin_names_have_no_dots() {
+        assert_eq!(super::pin_name("veth1"), "veth1");
+        assert_eq!(super::pin_name("eth0.100"), "eth0%2e100");
+        assert_eq!(super::pin_name("a%b"), "a%25b");
     }
 }
 

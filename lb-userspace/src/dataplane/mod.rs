@@ -64,22 +64,21 @@ impl Default for Capacity {
     }
 }
 
-/// Pins every map of the object under `pins`.
-pub fn pin_object_maps(ebpf: &Ebpf, pins: &pin::PinDir) -> Result<()> {
-    for name in names::ALL_OBJECT_MAPS {
-        let map = ebpf.map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
-        pins.pin(name, map)?;
-    }
-    Ok(())
-}
-
 /// Loads the object with the configured map sizes (programs are loaded into the kernel by
-/// their users: attach or trace).
-pub fn load_object(cap: &Capacity) -> Result<Ebpf> {
+/// their users: attach or trace). With `pins`, every map is pinned there, and a map an earlier
+/// agent pinned there is reused as it is (with its contents: that is how state survives a
+/// restart; changing a capacity therefore needs `lb-agent --cleanup` first).
+pub fn load_object(cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<Ebpf> {
     if EBPF_OBJECT.is_empty() {
         anyhow::bail!("this binary was built with AYA_BUILD_SKIP=1: it carries no eBPF object");
     }
-    EbpfLoader::new()
+    let paths: Vec<(&str, std::path::PathBuf)> =
+        pins.map(|p| names::ALL_OBJECT_MAPS.iter().map(|n| (*n, p.map_path(n))).collect()).unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    loader
         .map_max_entries(names::SERVICES, cap.max_frontends)
         .map_max_entries(names::BACKENDS, cap.max_backends)
         .map_max_entries(names::MAGLEV, cap.max_service_ports.saturating_mul(2).saturating_add(2))
@@ -110,8 +109,9 @@ fn dup_fd(map: &Map) -> Option<std::os::fd::OwnedFd> {
     data.fd().as_fd().try_clone_to_owned().ok()
 }
 
-/// Length of a service-port name in `LB_NAMES` (NUL-padded, truncated).
-pub const NAME_LEN: usize = 128;
+/// Length of a service-port name in `LB_NAMES` (NUL-padded): namespace (63) / name (63) :
+/// port name (15) / protocol fits.
+pub const NAME_LEN: usize = 160;
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
     ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))
@@ -130,10 +130,16 @@ impl MapSet {
             cap.max_service_ports + 1,
             lb_common::BPF_F_NO_PREALLOC,
         );
-        let names_data = MapData::create(obj, names::NAMES, None).context("creating LB_NAMES")?;
-        if let Some(p) = pins {
-            p.pin_data(names::NAMES, &names_data)?;
-        }
+        let names_data = match pins {
+            Some(p) if p.is_pinned(names::NAMES) => MapData::from_pin(p.map_path(names::NAMES)).context("adopting LB_NAMES")?,
+            _ => {
+                let data = MapData::create(obj, names::NAMES, None).context("creating LB_NAMES")?;
+                if let Some(p) = pins {
+                    p.pin_data(names::NAMES, &data)?;
+                }
+                data
+            }
+        };
         let mut fds = std::collections::BTreeMap::new();
         for name in names::ALL_OBJECT_MAPS.into_iter().chain([names::NAMES]) {
             let map = if name == names::NAMES { None } else { ebpf.map(name) };

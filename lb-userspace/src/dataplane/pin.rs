@@ -58,14 +58,48 @@ impl PinDir {
         self.versioned().join(name)
     }
 
-    /// Creates the directory (on a bpffs) and removes pins left by an earlier run.
-    pub fn prepare_fresh(&self) -> Result<()> {
+    /// Where the interface attachments (TCX links) are pinned. Not versioned: a new agent with
+    /// a new map layout still takes the links over, atomically.
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// Creates the directories (on a bpffs, mounted on the parent if needed). Pins left by an
+    /// earlier agent are kept: they are adopted.
+    pub fn prepare(&self) -> Result<()> {
         let parent = self.root.parent().unwrap_or(Path::new("/"));
         if !is_bpffs(parent) && !is_bpffs(&self.root) {
             ensure_bpffs(parent)?;
         }
-        self.remove()?;
-        std::fs::create_dir_all(self.versioned()).with_context(|| format!("creating {}", self.versioned().display()))
+        std::fs::create_dir_all(self.versioned()).with_context(|| format!("creating {}", self.versioned().display()))?;
+        std::fs::create_dir_all(self.links_dir()).with_context(|| format!("creating {}", self.links_dir().display()))
+    }
+
+    /// Whether an earlier agent left maps of this layout version.
+    pub fn has_state(&self) -> bool {
+        super::names::ALL_OBJECT_MAPS.iter().chain([&super::names::NAMES]).all(|m| self.map_path(m).exists())
+    }
+
+    /// Removes maps pinned by agents of other layout versions (after an upgrade or a
+    /// downgrade this agent has taken the links over; their maps are unused).
+    pub fn remove_other_versions(&self) -> Result<Vec<PathBuf>> {
+        let mine = self.versioned();
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let path = entry?.path();
+            let versioned =
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('v') && n[1..].parse::<u32>().is_ok());
+            if versioned && path != mine {
+                std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether `name` is pinned.
+    pub fn is_pinned(&self, name: &str) -> bool {
+        self.map_path(name).exists()
     }
 
     pub fn pin(&self, name: &str, map: &Map) -> Result<()> {

@@ -42,7 +42,8 @@ pub struct SyncReport {
 
 #[derive(Default, Clone)]
 struct Table {
-    endpoints: Vec<EndpointAddr>,
+    /// The endpoints the table holds (Maglev does not depend on their order).
+    endpoints: BTreeSet<EndpointAddr>,
     installed: bool,
     /// Kernel-accounted memory of the installed inner map.
     bytes: u64,
@@ -137,6 +138,15 @@ fn frontends(id: u32, st: &ServicePortState) -> BTreeMap<ServiceKey, ServiceValu
     BTreeMap::from([(key, ServiceValue { id, flags, table, affinity_timeout: 0 })])
 }
 
+/// Reads back [`ServicePortName`]'s display form: `ns/name:port/PROTO` (or `ns/name/PROTO`).
+pub fn parse_service_port_name(text: &str) -> Option<ServicePortName> {
+    let (rest, proto) = text.rsplit_once('/')?;
+    let protocol = crate::model::Protocol::parse(proto)?;
+    let (namespace, rest) = rest.split_once('/')?;
+    let (name, port_name) = rest.split_once(':').unwrap_or((rest, ""));
+    Some(ServicePortName { namespace: namespace.into(), name: name.into(), port_name: port_name.into(), protocol })
+}
+
 fn marker_of(key: &ServiceKey) -> ServiceKey {
     ServiceKey { addr: key.addr, port: 0, proto: 0, scope: key.scope }
 }
@@ -162,6 +172,92 @@ impl Writer {
         })
     }
 
+    /// A writer over maps an earlier agent programmed (pinned and reused): what they hold is
+    /// read back — service-port ids, backend ids, frontends, the endpoints of every Maglev
+    /// table — so ids stay stable and the first apply changes only what differs. Entries the
+    /// earlier agent could not have meant (unknown ids) are deleted.
+    pub fn adopt(maps: MapSet, max_table_size: u32, max_service_ports: u32, config: Config) -> Result<(Writer, String)> {
+        let mut w = Writer::new(maps, max_table_size, max_service_ports, config)?;
+        let mut by_id: BTreeMap<u32, ServicePortName> = BTreeMap::new();
+        let names: Vec<(u32, String)> =
+            w.maps.names.iter().filter_map(|r| r.ok()).map(|(id, n)| (id, super::decode_name(&n))).collect();
+        for (id, text) in names {
+            match parse_service_port_name(&text) {
+                Some(name) if id != 0 => {
+                    w.programmed.insert(
+                        name.clone(),
+                        Programmed {
+                            id,
+                            frontends: BTreeMap::new(),
+                            backends: BTreeMap::new(),
+                            cluster: Table::default(),
+                            local: Table::default(),
+                        },
+                    );
+                    by_id.insert(id, name);
+                }
+                _ => {
+                    warn!("adopting: unreadable service-port name {text:?} (id {id}); dropped");
+                    let _ = w.maps.names.remove(&id);
+                }
+            }
+        }
+        let backends: Vec<(u32, Backend)> = w.maps.backends.iter().filter_map(|r| r.ok()).collect();
+        let mut addr_by_backend: BTreeMap<u32, EndpointAddr> = BTreeMap::new();
+        for (id, b) in &backends {
+            let addr = EndpointAddr {
+                ip: std::net::Ipv4Addr::from(lb_common::ip_from_map(b.addr)),
+                port: lb_common::port_from_map(b.port),
+            };
+            match by_id.get(&b.svc_id).and_then(|n| w.programmed.get_mut(n)) {
+                Some(p) => {
+                    p.backends.insert(addr, (*id, b.flags));
+                    w.backend_ids.insert(*id);
+                    addr_by_backend.insert(*id, addr);
+                }
+                None => {
+                    let _ = w.maps.backends.remove(id);
+                }
+            }
+        }
+        let frontends: Vec<(ServiceKey, ServiceValue)> = w.maps.services.iter().filter_map(|r| r.ok()).collect();
+        for (k, v) in frontends {
+            if v.flags & svc_flags::ADDRESS_MARKER != 0 {
+                w.markers.insert(k);
+            } else if let Some(p) = by_id.get(&v.id).and_then(|n| w.programmed.get_mut(n)) {
+                p.frontends.insert(k, v);
+            } else {
+                let _ = w.maps.services.remove(&k);
+            }
+        }
+        let mut tables = 0;
+        for p in w.programmed.values_mut() {
+            for (table_id, local) in [(cluster_table(p.id), false), (local_table(p.id), true)] {
+                let Ok(inner) = w.maps.maglev.get(&table_id, 0) else { continue };
+                let bytes = sys::memlock_bytes(inner.fd()).unwrap_or(0);
+                let Ok(array) = aya::maps::Array::<MapData, [u32; 2]>::try_from(aya::maps::Map::from_map_data(inner)?) else {
+                    continue;
+                };
+                let words: Vec<u32> = array.iter().filter_map(|r| r.ok()).flatten().collect();
+                let Some((&m, slots)) = words.split_first() else { continue };
+                if m <= 1 {
+                    continue; // the shared empty table: nothing installed
+                }
+                let endpoints = slots.iter().take(m as usize).filter_map(|id| addr_by_backend.get(id).copied()).collect();
+                let slot = if local { &mut p.local } else { &mut p.cluster };
+                *slot = Table { endpoints, installed: true, bytes };
+                w.table_bytes += bytes;
+                tables += 1;
+            }
+        }
+        let used: BTreeSet<u32> = w.programmed.values().map(|p| p.id).collect();
+        w.next_id = used.last().map_or(1, |m| m + 1);
+        w.free_ids = (1..w.next_id).filter(|id| !used.contains(id)).collect();
+        w.next_backend_id = w.backend_ids.last().map_or(1, |m| m.wrapping_add(1).max(1));
+        let summary = format!("{} service ports, {} backends, {} Maglev tables", w.programmed.len(), w.backend_ids.len(), tables);
+        Ok((w, summary))
+    }
+
     /// Forgets what the writer believes the maps hold (keeping every id), so the next apply
     /// rewrites every frontend, backend and table: the periodic full resync, which also
     /// repairs maps changed behind the agent's back.
@@ -175,7 +271,7 @@ impl Writer {
             }
             // An endpoint list no service port can have: every installed table is rebuilt (or
             // cleared, for a local table no longer needed).
-            let never = vec![EndpointAddr { ip: std::net::Ipv4Addr::UNSPECIFIED, port: 0 }];
+            let never = BTreeSet::from([EndpointAddr { ip: std::net::Ipv4Addr::UNSPECIFIED, port: 0 }]);
             p.cluster.endpoints.clone_from(&never);
             if p.local.installed {
                 p.local.endpoints = never;
@@ -363,12 +459,14 @@ impl Writer {
     fn build_tables(&mut self, name: &ServicePortName, st: &ServicePortState, pending: &mut Vec<NewTable>) -> Result<()> {
         let p = &self.programmed[name];
         let needs_local = st.internal_policy_local || st.external_policy_local;
+        let cluster: BTreeSet<EndpointAddr> = st.cluster_endpoints.iter().copied().collect();
+        let local: BTreeSet<EndpointAddr> = st.local_endpoints.iter().copied().collect();
         let mut wanted = Vec::new();
-        if !p.cluster.installed || p.cluster.endpoints != st.cluster_endpoints {
-            wanted.push((cluster_table(p.id), false, &st.cluster_endpoints));
+        if !p.cluster.installed || p.cluster.endpoints != cluster {
+            wanted.push((cluster_table(p.id), false, cluster));
         }
-        if needs_local && (!p.local.installed || p.local.endpoints != st.local_endpoints) {
-            wanted.push((local_table(p.id), true, &st.local_endpoints));
+        if needs_local && (!p.local.installed || p.local.endpoints != local) {
+            wanted.push((local_table(p.id), true, local));
         }
         if !needs_local && p.local.installed {
             pending.push(NewTable {
@@ -389,7 +487,7 @@ impl Writer {
             words.push(m);
             words.extend(build_table(&members, m));
             let (map, bytes) = create_table(&words)?;
-            let state = Table { endpoints: eps.clone(), installed: true, bytes };
+            let state = Table { endpoints: eps, installed: true, bytes };
             pending.push(NewTable { owner: name.clone(), table_id, local, map: Some(map), state });
         }
         Ok(())
@@ -504,6 +602,11 @@ impl Writer {
         report.service_ports_removed += 1;
     }
 
+    /// Every programmed service port with its id (for tests and lbctl).
+    pub fn service_port_ids(&self) -> BTreeMap<ServicePortName, u32> {
+        self.programmed.iter().map(|(n, p)| (n.clone(), p.id)).collect()
+    }
+
     /// Kernel-accounted memory of the maps: every map the writer programs (by its fdinfo
     /// `memlock`) plus every installed Maglev table.
     pub fn map_memory(&self) -> BTreeMap<String, u64> {
@@ -516,5 +619,25 @@ impl Writer {
     /// The maps (for pinning and inspection).
     pub fn maps(&self) -> &MapSet {
         &self.maps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    #[test]
+    fn service_port_names_round_trip() {
+        for (ns, name, port, protocol) in [
+            ("default", "web", "http", Protocol::Tcp),
+            ("kube-system", "kube-dns", "", Protocol::Udp),
+            ("a", "b", "p-1", Protocol::Sctp),
+        ] {
+            let n = ServicePortName { namespace: ns.into(), name: name.into(), port_name: port.into(), protocol };
+            assert_eq!(parse_service_port_name(&n.to_string()), Some(n));
+        }
+        assert_eq!(parse_service_port_name("garbage"), None);
+        assert_eq!(parse_service_port_name("ns/name/ICMP"), None);
     }
 }
