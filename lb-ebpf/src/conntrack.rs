@@ -14,6 +14,12 @@ use crate::{
 
 const NS: u64 = 1_000_000_000;
 
+/// How often `last_seen` is refreshed (the `variant-b` build differs only here).
+#[cfg(not(feature = "variant-b"))]
+const REFRESH_NS: u64 = NS;
+#[cfg(feature = "variant-b")]
+const REFRESH_NS: u64 = 2 * NS;
+
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: no preconditions.
@@ -55,7 +61,7 @@ pub fn touch(e: *mut CtEntry, now: u64, tcp_flags: u8) {
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & ct_flags::TCP_CLOSING == 0 {
         entry.flags |= ct_flags::TCP_CLOSING;
     }
-    if now.saturating_sub(entry.last_seen_ns) > NS {
+    if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
         entry.last_seen_ns = now;
     }
 }

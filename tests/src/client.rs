@@ -109,20 +109,6 @@ pub fn count_by_name(results: &[Result<String>]) -> (BTreeMap<String, usize>, us
     (counts, errors)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_names_and_errors() {
-        let r = vec![Ok("a".to_string()), Ok("b".into()), Ok("a".into()), Err(anyhow::anyhow!("x"))];
-        let (c, e) = count_by_name(&r);
-        assert_eq!(c["a"], 2);
-        assert_eq!(c["b"], 1);
-        assert_eq!(e, 1);
-    }
-}
-
 /// A plain HTTP/1.1 GET from inside `netns`: (status, headers lower-cased, body).
 pub fn http_get(
     netns: &str,
@@ -166,4 +152,18 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_names_and_errors() {
+        let r = vec![Ok("a".to_string()), Ok("b".into()), Ok("a".into()), Err(anyhow::anyhow!("x"))];
+        let (c, e) = count_by_name(&r);
+        assert_eq!(c["a"], 2);
+        assert_eq!(c["b"], 1);
+        assert_eq!(e, 1);
+    }
 }

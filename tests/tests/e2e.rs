@@ -300,10 +300,6 @@ fn agent_restart_under_load_drops_nothing_and_keeps_ids() {
     if !require_root("agent_restart_under_load_drops_nothing_and_keeps_ids") {
         return;
     }
-    use std::sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    };
     let mut env = Env::new("e7", 4, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
     let client = env.client();
     let ids_before = env.agent.lbctl_json(&["services"]).unwrap();
@@ -312,57 +308,19 @@ fn agent_restart_under_load_drops_nothing_and_keeps_ids() {
     let flows: Vec<UdpFlow> = (0..10).map(|_| UdpFlow::open(&client, SocketAddrV4::new(VIP, 53)).unwrap()).collect();
     let udp_before: Vec<String> = flows.iter().map(|f| f.send_recv(T).unwrap()).collect();
 
-    // Continuous load: new TCP connections and UDP datagrams on the established flows.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
-        std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                for r in tcp_hello(&client, SocketAddrV4::new(VIP, 80), 5, T) {
-                    match r {
-                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            errors.push(format!("{e:#}"));
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-                for (f, was) in flows.iter().zip(&udp_before) {
-                    match f.send_recv(T) {
-                        Ok(n) if &n == was => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            errors.push(format!("UDP flow: {other:?} (was {was})"));
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            }
-            errors
-        })
-    };
-
+    let load = Load::start(&client, flows, udp_before);
     // The agent dies without cleaning anything: the datapath keeps serving on its own.
     let bpffs = env.agent.bpffs.clone();
     env.agent.kill9().unwrap();
-    let served = ok.load(Ordering::Relaxed);
-    wait::until("traffic served while no agent runs", Duration::from_secs(10), || {
-        (ok.load(Ordering::Relaxed) > served + 20).then_some(())
-    })
-    .unwrap();
+    load.wait_for_more("traffic served while no agent runs", 20);
     // A new agent adopts the pinned maps and links, then applies a change.
     env.agent = lb_tests::agent::Agent::start(&env.topo.node_netns, &env.dir, &env.topo.host_if_pattern(), &bpffs, &[]).unwrap();
     assert!(env.agent.log().contains("adopted=2 service ports, 6 backends, 2 Maglev tables"), "{}", env.agent.log());
     env.set_endpoints(&[ready("backend-a"), ready("backend-b"), ready("backend-c"), ready("backend-d")]);
     env.wait_active(&NAMES);
-    let served = ok.load(Ordering::Relaxed);
-    wait::until("traffic after the change", Duration::from_secs(10), || (ok.load(Ordering::Relaxed) > served + 20).then_some(()))
-        .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let errors = load.join().unwrap();
-    assert!(errors.is_empty(), "{} failures, e.g. {:?}", errors.len(), &errors[..errors.len().min(3)]);
-    println!("restart under load: {} requests served, 0 failed", ok.load(Ordering::Relaxed));
+    load.wait_for_more("traffic after the change", 20);
+    let served = load.finish();
+    println!("restart under load: {served} requests served, 0 failed");
 
     // Established connections kept their backends; service-port ids did not change.
     let after: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("established connection survived")).collect();
@@ -404,4 +362,135 @@ fn keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it() {
     assert!(!bpffs.exists());
     let r = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 1, Duration::from_millis(500));
     assert!(r[0].is_err(), "still load-balanced after --cleanup");
+}
+
+/// Continuous load through the ClusterIP on a thread: new TCP connections, and datagrams on
+/// established UDP flows that must keep their backend.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(client: &str, flows: Vec<UdpFlow>, udp_before: Vec<String>) -> Load {
+        use std::sync::{
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+            Arc,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let handle = {
+            let (stop, ok, client) = (stop.clone(), ok.clone(), client.to_string());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for r in tcp_hello(&client, SocketAddrV4::new(VIP, 80), 5, T) {
+                        match r {
+                            Ok(_) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                            Err(e) => errors.push(format!("TCP: {e:#}")),
+                        }
+                    }
+                    for (f, was) in flows.iter().zip(&udp_before) {
+                        match f.send_recv(T) {
+                            Ok(n) if &n == was => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                            other => errors.push(format!("UDP flow: {other:?} (was {was})")),
+                        }
+                    }
+                }
+                errors
+            })
+        };
+        Load { stop, ok, handle }
+    }
+
+    /// Waits until `n` more requests succeeded.
+    fn wait_for_more(&self, what: &str, n: usize) {
+        let from = self.ok.load(std::sync::atomic::Ordering::Relaxed);
+        wait::until(what, Duration::from_secs(10), || {
+            (self.ok.load(std::sync::atomic::Ordering::Relaxed) >= from + n).then_some(())
+        })
+        .unwrap();
+    }
+
+    /// Stops the load; panics on any failure; returns the requests served.
+    fn finish(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let errors = self.handle.join().unwrap();
+        assert!(errors.is_empty(), "{} failures, e.g. {:?}", errors.len(), &errors[..errors.len().min(3)]);
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Builds the `variant-b` datapath (a program that differs from the default in one constant)
+/// exactly as aya-build builds the default one.
+fn build_variant_object() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = root.join("target/ebpf-variant-b");
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let path = format!("{home}/.local/share/lb-ebpf-toolchain/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let rustflags = format!("--cfg=bpf_target_arch=\"{}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf", std::env::consts::ARCH);
+    let out = std::process::Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "-p", "lb-ebpf", "--bins", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--features", "variant-b", "--target-dir"])
+        .arg(&target)
+        .current_dir(&root)
+        .env("PATH", path)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("running cargo for the variant datapath");
+    assert!(out.status.success(), "building the variant: {}", String::from_utf8_lossy(&out.stderr));
+    target.join("bpfel-unknown-none/release/lb-ebpf")
+}
+
+#[test]
+fn upgrade_to_a_changed_program_under_load_drops_nothing() {
+    if !require_root("upgrade_to_a_changed_program_under_load_drops_nothing") {
+        return;
+    }
+    let variant = build_variant_object();
+    let mut env = Env::new("e9", 3, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
+    let client = env.client();
+    let programs = |env: &Env| -> BTreeSet<(u64, String)> {
+        let rows = env.agent.lbctl_json(&["attachments"]).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["program_id"].as_u64().unwrap(), r["program_tag"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let before = programs(&env);
+    assert_eq!(before.len(), 1, "one program on every interface: {before:?}");
+    let mut held = HeldTcp::open(&client, SocketAddrV4::new(VIP, 80), 30, T).unwrap();
+    let names_before = held.names();
+    let flows: Vec<UdpFlow> = (0..10).map(|_| UdpFlow::open(&client, SocketAddrV4::new(VIP, 53)).unwrap()).collect();
+    let udp_before: Vec<String> = flows.iter().map(|f| f.send_recv(T).unwrap()).collect();
+    let load = Load::start(&client, flows, udp_before);
+
+    // The orchestrator replaces the agent; the new one carries a changed datapath.
+    let bpffs = env.agent.bpffs.clone();
+    env.agent.kill9().unwrap();
+    let variant_arg = variant.to_str().unwrap().to_string();
+    env.agent = lb_tests::agent::Agent::start(
+        &env.topo.node_netns,
+        &env.dir,
+        &env.topo.host_if_pattern(),
+        &bpffs,
+        &["--ebpf-object", &variant_arg],
+    )
+    .unwrap();
+    let after = programs(&env);
+    assert_eq!(after.len(), 1, "{after:?}");
+    let (old, new) = (before.first().unwrap(), after.first().unwrap());
+    assert_ne!(old.0, new.0, "a new program instance is attached");
+    assert_ne!(old.1, new.1, "the attached program is the changed one (different tag)");
+    load.wait_for_more("traffic through the upgraded datapath", 20);
+    let served = load.finish();
+    println!("upgrade under load: program tag {} -> {}, {served} requests served, 0 failed", old.1, new.1);
+    let now: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("established connection survived the upgrade")).collect();
+    assert_eq!(now, names_before);
 }

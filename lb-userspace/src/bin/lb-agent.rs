@@ -25,7 +25,7 @@ use lb_userspace::{
     dataplane::{
         attach::{watch_links, Attacher, InterfaceSelector},
         inspect::datapath_snapshot,
-        load_object,
+        load_object_from,
         pin::PinDir,
         writer::Writer,
         Capacity, MapSet,
@@ -108,6 +108,11 @@ struct Args {
     /// Idle timeout of UDP flows (kube-proxy's --conntrack-udp-timeout-stream).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     conntrack_udp_timeout: Duration,
+
+    /// Load the datapath from this eBPF object file instead of the one built into the agent
+    /// (upgrade or roll back the datapath alone; the running program is replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    ebpf_object: Option<PathBuf>,
 
     #[command(flatten)]
     capacity: Capacity,
@@ -301,7 +306,7 @@ async fn run(args: Args) -> Result<()> {
     // Maps pinned by an earlier agent are reused with their contents (conntrack included) and
     // its programming is read back: ids stay stable, the first sync changes only what differs.
     pins.prepare()?;
-    let mut ebpf = load_object(&args.capacity, Some(&pins))?;
+    let mut ebpf = load_object_from(args.ebpf_object.as_deref(), &args.capacity, Some(&pins))?;
     forward_datapath_logs(&mut ebpf)?;
     let maps = MapSet::take(&mut ebpf, &args.capacity, Some(&pins))?;
     let config = lb_common::Config {

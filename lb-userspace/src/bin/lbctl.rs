@@ -52,6 +52,11 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The interfaces the datapath is attached to: link and program ids, program tag.
+    Attachments {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Datapath counters, summed over CPUs.
     Stats {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -111,6 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Backends { output } => print(output, &backends(&pins)?),
         Cmd::Conntrack { output } => print(output, &conntrack(&pins)?),
         Cmd::Stats { output } => print(output, &stats(&pins)?),
+        Cmd::Attachments { output } => print(output, &attachments(&pins)?),
         Cmd::Trace(t) => trace_cmd(t),
     }
 }
@@ -401,6 +407,57 @@ fn stats(pins: &PinDir) -> Result<Vec<StatRow>> {
             Ok(StatRow { counter: c.name(), value: per_cpu.iter().sum() })
         })
         .collect()
+}
+
+#[derive(Serialize)]
+struct AttachmentRow {
+    interface: String,
+    link_id: u32,
+    program_id: u32,
+    program_tag: String,
+    program_name: String,
+}
+
+impl Rows for AttachmentRow {
+    fn header() -> Vec<&'static str> {
+        vec!["INTERFACE", "LINK", "PROGRAM", "TAG", "NAME"]
+    }
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.interface.clone(),
+            self.link_id.to_string(),
+            self.program_id.to_string(),
+            self.program_tag.clone(),
+            self.program_name.clone(),
+        ]
+    }
+}
+
+fn attachments(pins: &PinDir) -> Result<Vec<AttachmentRow>> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let programs: BTreeMap<u32, aya::programs::ProgramInfo> =
+        aya::programs::loaded_programs().filter_map(|p| p.ok()).map(|p| (p.id(), p)).collect();
+    let dir = pins.links_dir();
+    let mut rows = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if file.starts_with("new-") {
+            continue;
+        }
+        let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
+        let info = link.info()?;
+        let prog = programs.get(&info.program_id());
+        rows.push(AttachmentRow {
+            interface: file.replace("%2e", ".").replace("%25", "%"),
+            link_id: info.id(),
+            program_id: info.program_id(),
+            program_tag: prog.map(|p| format!("{:016x}", p.tag())).unwrap_or_default(),
+            program_name: prog.and_then(|p| p.name_as_str().map(str::to_string)).unwrap_or_default(),
+        });
+    }
+    rows.sort_by(|a, b| a.interface.cmp(&b.interface));
+    Ok(rows)
 }
 
 fn trace_cmd(t: TraceArgs) -> Result<()> {

@@ -175,16 +175,6 @@ impl Attacher {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pin_names_have_no_dots() {
-        assert_eq!(super::pin_name("veth1"), "veth1");
-        assert_eq!(super::pin_name("eth0.100"), "eth0%2e100");
-        assert_eq!(super::pin_name("a%b"), "a%25b");
-    }
-}
-
 /// Sends a unit on `tx` whenever a link appears, changes or disappears (a blocking thread on
 /// an rtnetlink socket subscribed to RTMGRP_LINK; the payload is not parsed, the receiver
 /// re-reads the interface list).
@@ -210,4 +200,14 @@ pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pin_names_have_no_dots() {
+        assert_eq!(super::pin_name("veth1"), "veth1");
+        assert_eq!(super::pin_name("eth0.100"), "eth0%2e100");
+        assert_eq!(super::pin_name("a%b"), "a%25b");
+    }
 }

@@ -69,7 +69,13 @@ impl Default for Capacity {
 /// agent pinned there is reused as it is (with its contents: that is how state survives a
 /// restart; changing a capacity therefore needs `lb-agent --cleanup` first).
 pub fn load_object(cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<Ebpf> {
-    if EBPF_OBJECT.is_empty() {
+    load_object_from(None, cap, pins)
+}
+
+/// [`load_object`], from an object file instead of the embedded one when `file` is given
+/// (`lb-agent --ebpf-object`: try a new datapath build, or roll back, without a new agent).
+pub fn load_object_from(file: Option<&std::path::Path>, cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<Ebpf> {
+    if file.is_none() && EBPF_OBJECT.is_empty() {
         anyhow::bail!("this binary was built with AYA_BUILD_SKIP=1: it carries no eBPF object");
     }
     let paths: Vec<(&str, std::path::PathBuf)> =
@@ -82,9 +88,11 @@ pub fn load_object(cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<Ebpf> {
         .map_max_entries(names::SERVICES, cap.max_frontends)
         .map_max_entries(names::BACKENDS, cap.max_backends)
         .map_max_entries(names::MAGLEV, cap.max_service_ports.saturating_mul(2).saturating_add(2))
-        .map_max_entries(names::CT, cap.conntrack_entries)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object (are you root, with bpffs and BTF?)")
+        .map_max_entries(names::CT, cap.conntrack_entries);
+    match file {
+        Some(f) => loader.load_file(f).with_context(|| format!("loading the eBPF object {}", f.display())),
+        None => loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root, with bpffs and BTF?)"),
+    }
 }
 
 /// The maps the writer programs.
