@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataplane;
 pub mod files;
 pub mod http;
+pub mod incremental;
 pub mod manifests;
 pub mod model;
 pub mod packet;

@@ -303,8 +303,25 @@ fn agent_restart_under_load_drops_nothing_and_keeps_ids() {
     let mut env = Env::new("e7", 4, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
     let client = env.client();
     let ids_before = env.agent.lbctl_json(&["services"]).unwrap();
+    let backend_ids = |env: &Env| -> BTreeSet<(u64, String)> {
+        let rows = env.agent.lbctl_json(&["backends"]).unwrap();
+        rows.as_array().unwrap().iter().map(|b| (b["id"].as_u64().unwrap(), b["address"].as_str().unwrap().to_string())).collect()
+    };
+    let backends_before = backend_ids(&env);
     let mut held = HeldTcp::open(&client, SocketAddrV4::new(VIP, 80), 30, T).unwrap();
     let names_before = held.names();
+    // The held connections' conntrack entries (forward direction, to the ClusterIP's TCP port).
+    let held_flows = |env: &Env| -> BTreeSet<String> {
+        let rows = env.agent.lbctl_json(&["conntrack"]).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["direction"] == "forward" && e["destination"] == "10.96.0.10:80")
+            .map(|e| format!("{} b{}", e["source"].as_str().unwrap(), e["backend_id"]))
+            .collect()
+    };
+    let ct_before = held_flows(&env);
+    assert!(ct_before.len() >= 30, "{ct_before:?}");
     let flows: Vec<UdpFlow> = (0..10).map(|_| UdpFlow::open(&client, SocketAddrV4::new(VIP, 53)).unwrap()).collect();
     let udp_before: Vec<String> = flows.iter().map(|f| f.send_recv(T).unwrap()).collect();
 
@@ -329,6 +346,11 @@ fn agent_restart_under_load_drops_nothing_and_keeps_ids() {
         v.as_array().unwrap().iter().map(|s| (s["frontend"].as_str().unwrap().to_string(), s["id"].as_u64().unwrap())).collect()
     };
     assert_eq!(ids(&env.agent.lbctl_json(&["services"]).unwrap()), ids(&ids_before));
+    let backends_after = backend_ids(&env);
+    assert!(backends_before.is_subset(&backends_after), "backend ids kept: {backends_before:?} vs {backends_after:?}");
+    let ct_after = held_flows(&env);
+    let lost: Vec<&String> = ct_before.iter().filter(|f| !ct_after.contains(*f)).collect();
+    assert!(lost.is_empty(), "conntrack entries lost across the restart: {lost:?}");
     let log = env.agent.log();
     assert!(log.contains("took over the pinned link"), "{log}");
 }

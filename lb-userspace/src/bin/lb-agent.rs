@@ -32,8 +32,9 @@ use lb_userspace::{
     },
     files::FileSource,
     http::{serve_health, serve_metrics, HealthState, Metrics},
+    incremental::Translator,
     manifests::ObjectSet,
-    model::{self, DesiredState, TranslateOptions},
+    model::{DesiredState, TranslateOptions},
     source::kube::{client, KubeSource},
     sync::{Decision, SyncScheduler},
     trace::node_info,
@@ -135,6 +136,7 @@ const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 struct Pipeline {
     node_name: String,
     writer: Writer,
+    translator: Translator,
     health: Arc<HealthState>,
     metrics: Arc<Metrics>,
     /// EndpointSlice (namespace/name) → the last change-trigger time already observed.
@@ -149,7 +151,8 @@ impl Pipeline {
         if let Some(n) = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str())) {
             self.health.set_node_eligible(HealthState::node_eligible_from(n));
         }
-        let (desired, object_errors) = model::translate(&objects.services, &objects.slices, &node, &TranslateOptions::default());
+        let translation = self.translator.translate(objects, &node, &TranslateOptions::default());
+        let (desired, object_errors) = (translation.desired, translation.errors);
         for e in &object_errors {
             warn!("skipped: {e}");
         }
@@ -171,6 +174,7 @@ impl Pipeline {
         }
         info!(
             full,
+            services_recomputed = translation.recomputed,
             service_ports = report.service_ports,
             changed = report.service_ports_changed,
             removed = report.service_ports_removed,
@@ -341,7 +345,14 @@ async fn run(args: Args) -> Result<()> {
         });
     }
 
-    let mut pipeline = Pipeline { node_name, writer, health: health.clone(), metrics, trigger_times: HashMap::new() };
+    let mut pipeline = Pipeline {
+        node_name,
+        writer,
+        translator: Translator::default(),
+        health: health.clone(),
+        metrics,
+        trigger_times: HashMap::new(),
+    };
     let mut scheduler = SyncScheduler::new(Instant::now(), args.min_sync_period, args.sync_period, args.sync_period);
 
     // K1: nothing is programmed (and nothing attached) before the source's first complete
