@@ -35,16 +35,50 @@ pub struct Agent {
 
 impl Agent {
     /// Starts lb-agent in `netns` (network namespace only, via nsenter, so the bpffs pins stay
-    /// visible to lbctl) and waits until it reports `ready`.
+    /// visible to lbctl) with `--manifests manifests`, and waits until it reports `ready`.
     pub fn start(netns: &str, manifests: &Path, interfaces: &str, bpffs: &Path, extra: &[&str]) -> Result<Agent> {
+        let manifests = manifests.to_str().context("manifests path is not UTF-8")?;
+        Agent::start_with(Some(netns), &["--manifests", manifests], interfaces, bpffs, extra)
+    }
+
+    /// Starts lb-agent with the source arguments `source_args` (`--manifests PATH`,
+    /// `--kubeconfig FILE`...) in `netns` (`None`: this process's network namespace, no nsenter)
+    /// and waits (≤ 30 s) until it reports `ready`.
+    pub fn start_with(
+        netns: Option<&str>,
+        source_args: &[&str],
+        interfaces: &str,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
+        let mut agent = Agent::spawn_with(netns, source_args, interfaces, bpffs, extra)?;
+        agent.wait_ready(Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// As [`Agent::start_with`], without waiting for `ready` (lb-agent reports it only once its
+    /// source's initial lists are complete).
+    pub fn spawn_with(
+        netns: Option<&str>,
+        source_args: &[&str],
+        interfaces: &str,
+        bpffs: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let log_path =
             std::env::temp_dir().join(format!("lb-agent-{}.log", bpffs.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
         let log = File::create(&log_path)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg(bin_dir().join("lb-agent"))
-            .arg("--manifests")
-            .arg(manifests)
+        let agent_bin = bin_dir().join("lb-agent");
+        let mut cmd = match netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}")).arg(agent_bin);
+                c
+            }
+            None => Command::new(agent_bin),
+        };
+        let child = cmd
+            .args(source_args)
             .args(["--interfaces", interfaces])
             .arg("--bpffs")
             .arg(bpffs)
@@ -56,20 +90,34 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .context("spawning lb-agent")?;
-        let mut agent = Agent { child: Some(child), bpffs: bpffs.to_path_buf(), log_path };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        Ok(Agent { child: Some(child), bpffs: bpffs.to_path_buf(), log_path })
+    }
+
+    /// Whether the agent has reported `ready` (its first sync is done, the program attached).
+    pub fn is_ready(&self) -> bool {
+        self.log().contains(" ready")
+    }
+
+    /// Waits until the agent reports `ready`; fails if it exits first or after `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if agent.log().contains(" ready") {
-                return Ok(agent);
+            if self.is_ready() {
+                return Ok(());
             }
-            if let Some(status) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("lb-agent exited ({status}) before it was ready:\n{}", agent.log());
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("lb-agent exited ({status}) before it was ready:\n{}", self.log());
             }
             if Instant::now() > deadline {
-                bail!("lb-agent not ready after 30 s:\n{}", agent.log());
+                bail!("lb-agent not ready after {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's exit status if it has exited (it is then still reaped on drop).
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log(&self) -> String {

@@ -1,8 +1,10 @@
 //! Test infrastructure shared by the end-to-end tests and `cargo xtask demo`: network
-//! namespace topologies, the `lb-echo` backend, traffic clients, the agent process.
+//! namespace topologies, the `lb-echo` backend, traffic clients, the agent process, a fake
+//! Kubernetes API server.
 
 pub mod agent;
 pub mod client;
+pub mod fakeapi;
 pub mod netns;
 pub mod privileges;
 pub mod topo;
