@@ -3,7 +3,8 @@
 //! One module per concern: [`parse`] (bounds-checked header parsing), [`maps`] (the map
 //! definitions), [`service`] (frontend lookup and Maglev selection), [`conntrack`] (flow state),
 //! [`nat`] (address/port rewrite with checksums), [`stats`] (per-CPU counters) and [`lb`] (the
-//! per-packet decision that ties them together). No per-packet logging, no panics.
+//! per-packet decision that ties them together); [`noop`] holds the benchmark floor. No
+//! per-packet logging, no panics.
 #![no_std]
 #![no_main]
 
@@ -11,6 +12,7 @@ mod conntrack;
 mod lb;
 mod maps;
 mod nat;
+mod noop;
 mod parse;
 mod service;
 mod stats;

@@ -8,6 +8,7 @@
 //! - [`trace`]: runs the real programs on a crafted packet (BPF_PROG_TEST_RUN).
 //! - [`files`]: the manifest directory watcher.
 
+pub mod bench;
 pub mod config;
 pub mod dataplane;
 pub mod files;

@@ -43,6 +43,16 @@ enum Cmd {
     /// The demo: pods in network namespaces, the agent, connections balanced through a
     /// ClusterIP, a backend removed, everything cleaned up.
     Demo,
+    /// Benchmarks (release build): datapath ns/packet against the no-op floor, control-plane
+    /// timings and map memory across service counts; results in target/bench/<timestamp>/.
+    Bench {
+        /// A smoke run of a few seconds.
+        #[arg(long)]
+        quick: bool,
+        /// Extra arguments for lb-bench (after `--`), e.g. `-- --services 1,1000 --endpoints 5`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
     /// The whole test suite (unit, packet and end-to-end); fails if a privileged test was
     /// skipped.
     Test {
@@ -94,6 +104,7 @@ fn main() {
         Cmd::BuildAndLoad { ifaces, manifests, agent_args } => build_and_load(ifaces, manifests, agent_args),
         Cmd::Demo => setup::setup().and_then(|()| build(false)).and_then(|bin| demo::run(&bin)),
         Cmd::Test { allow_skip, cargo_args } => test(allow_skip, cargo_args),
+        Cmd::Bench { quick, bench_args } => bench(quick, bench_args),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -108,6 +119,21 @@ fn build_and_load(ifaces: Vec<String>, manifests: Option<PathBuf>, agent_args: V
     let mut cmd = Command::new(bin.join("lb-agent"));
     cmd.arg("--manifests").arg(&manifests).arg("--interfaces").arg(ifaces.join(",")).args(agent_args);
     println!("running {cmd:?} (Ctrl-C detaches and cleans up)");
+    run(cmd)
+}
+
+fn bench(quick: bool, bench_args: Vec<String>) -> Result<()> {
+    setup::setup()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb-bench"]);
+    run(cmd)?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let out = workspace_root().join("target/bench").join(stamp.to_string());
+    let mut cmd = Command::new(workspace_root().join("target/release/lb-bench"));
+    cmd.arg("--out").arg(&out).args(&bench_args);
+    if quick {
+        cmd.arg("--quick");
+    }
     run(cmd)
 }
 
