@@ -4,9 +4,9 @@
 //! One sync runs in phases, each finished for every service port before the next starts:
 //! 1. service ports that disappeared lose their frontends (`LB_SERVICES`);
 //! 2. backends are written (new ids for new endpoints, flags for changed conditions);
-//! 3. every changed Maglev table is built into a new inner array, then all of them are
-//!    swapped into `LB_MAGLEV` with one `BPF_MAP_UPDATE_BATCH` (a map-in-map update from user
-//!    space waits for an RCU grace period: one per sync instead of one per table);
+//! 3. every changed Maglev table is built into a new inner array, then they are swapped into
+//!    `LB_MAGLEV` with `BPF_MAP_UPDATE_BATCH`, 1024 at a time (a map-in-map update from user
+//!    space waits for an RCU grace period: one per batch instead of one per table);
 //! 4. frontends are written (values replaced whole) — only for service ports whose tables are
 //!    in place;
 //! 5. backends nobody lists any more are deleted, and ids of removed service ports are freed.
@@ -26,6 +26,10 @@ use super::{encode_name, sys, MapSet};
 use crate::model::{DesiredState, Endpoint, EndpointAddr, ServicePortName, ServicePortState};
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+/// Tables swapped in per BPF_MAP_UPDATE_BATCH (each waits for one RCU grace period; each
+/// pending table holds a file descriptor).
+const TABLE_BATCH: usize = 1024;
 
 /// What one sync did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -87,6 +91,9 @@ pub struct Writer {
     markers: BTreeSet<ServiceKey>,
     /// Rewrite every address marker at the next apply (after [`Writer::invalidate`]).
     rewrite_markers: bool,
+    /// The desired state of each service port as last applied successfully: an unchanged
+    /// service port costs one comparison per sync.
+    applied: BTreeMap<ServicePortName, ServicePortState>,
     empty_table: MapData,
     /// Kernel-accounted memory of every installed Maglev table.
     table_bytes: u64,
@@ -167,6 +174,7 @@ impl Writer {
             next_backend_id: 1,
             markers: BTreeSet::new(),
             rewrite_markers: false,
+            applied: BTreeMap::new(),
             empty_table,
             table_bytes: 0,
         })
@@ -278,6 +286,7 @@ impl Writer {
             }
         }
         self.rewrite_markers = true;
+        self.applied.clear();
     }
 
     /// The id of a programmed service port.
@@ -307,8 +316,13 @@ impl Writer {
             }
         }
 
+        // Only service ports whose desired state changed since the last successful apply are
+        // worked on (frontend ownership below still looks at all of them).
+        let dirty: Vec<(&ServicePortName, &ServicePortState)> =
+            desired.services.iter().filter(|(n, st)| self.applied.get(*n) != Some(*st)).collect();
+
         // 2. Ids and backends.
-        for (name, st) in &desired.services {
+        for &(name, st) in &dirty {
             match self.write_backends(name, st, &mut report) {
                 Ok(true) => {
                     changed.insert(name.clone());
@@ -323,13 +337,17 @@ impl Writer {
 
         // 3. Tables: build every changed one, then swap them all in at once.
         let mut pending = Vec::new();
-        for (name, st) in &desired.services {
+        for &(name, st) in &dirty {
             if failed.contains(name) {
                 continue;
             }
             if let Err(e) = self.build_tables(name, st, &mut pending) {
                 report.errors.push(format!("{name}: {e:#}"));
                 failed.insert(name.clone());
+            }
+            // Each built table holds a descriptor until it is swapped in: bound how many.
+            if pending.len() >= TABLE_BATCH {
+                self.install_tables(std::mem::take(&mut pending), &mut report, &mut failed, &mut changed);
             }
         }
         for name in &gone {
@@ -368,19 +386,30 @@ impl Writer {
                     changed.insert(name.clone());
                 }
                 Ok(false) => {}
-                Err(e) => report.errors.push(format!("{name}: {e:#}")),
+                Err(e) => {
+                    report.errors.push(format!("{name}: {e:#}"));
+                    failed.insert(name.clone()); // retried at the next sync
+                }
             }
         }
         self.write_markers(&mut report);
 
         // 5. Backends no longer listed; removed service ports released.
-        for (name, st) in &desired.services {
+        for &(name, st) in &dirty {
             if !failed.contains(name) && self.delete_stale_backends(name, st, &mut report) {
                 changed.insert(name.clone());
             }
         }
         for name in gone {
             self.release(&name, &mut report);
+            self.applied.remove(&name);
+        }
+        for &(name, st) in &dirty {
+            if failed.contains(name) {
+                self.applied.remove(name);
+            } else {
+                self.applied.insert(name.clone(), st.clone());
+            }
         }
 
         report.service_ports_changed = changed.len();
