@@ -3,6 +3,7 @@
 //! Kubernetes API server.
 
 pub mod agent;
+pub mod baseline;
 pub mod client;
 pub mod fakeapi;
 pub mod netns;

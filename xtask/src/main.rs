@@ -125,7 +125,7 @@ fn build_and_load(ifaces: Vec<String>, manifests: Option<PathBuf>, agent_args: V
 fn bench(quick: bool, bench_args: Vec<String>) -> Result<()> {
     setup::setup()?;
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb-bench"]);
+    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb-bench", "-p", "lb-tests", "--bin", "lb-baseline"]);
     run(cmd)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let out = workspace_root().join("target/bench").join(stamp.to_string());

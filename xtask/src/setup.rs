@@ -74,12 +74,19 @@ pub fn setup() -> Result<()> {
         })?;
     }
 
-    // 5. Debian packages the demo and tests run.
-    let missing: Vec<&str> = [("ip", "iproute2"), ("nsenter", "util-linux"), ("ping", "iputils-ping")]
-        .into_iter()
-        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
-        .map(|(_, pkg)| pkg)
-        .collect();
+    // 5. Debian packages the demo, the tests and the benchmark run.
+    let missing: Vec<&str> = [
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("ping", "iputils-ping"),
+        // The benchmark's kube-proxy-shaped baselines.
+        ("iptables-legacy-restore", "iptables"),
+        ("nft", "nftables"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+    .map(|(_, pkg)| pkg)
+    .collect();
     if step("Debian packages", missing.is_empty()) {
         crate::run({
             let mut c = Command::new("apt-get");

@@ -59,6 +59,9 @@ pub struct Point {
     pub endpoint_change_p50_ms: f64,
     pub endpoint_change_p99_ms: f64,
     pub map_memory_bytes: u64,
+    /// Seconds kube-proxy-shaped rule sets for the same services take to load, per backend
+    /// (`lb-baseline`, same run); backends over their size cap are left out.
+    pub baseline_load_s: std::collections::BTreeMap<String, f64>,
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
@@ -191,5 +194,6 @@ pub fn measure(o: &Options) -> Result<Point> {
         endpoint_change_p50_ms: Stat::quantile(&change_ms, 0.5),
         endpoint_change_p99_ms: Stat::quantile(&change_ms, 0.99),
         map_memory_bytes,
+        baseline_load_s: Default::default(),
     })
 }

@@ -24,6 +24,38 @@ struct Args {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Largest service count at which the iptables-nft and nftables baselines are loaded
+    /// (their load time grows faster than linearly: 1000 × 10 takes seconds, 10000 × 10 minutes).
+    #[arg(long, default_value_t = 1000)]
+    baseline_max: u32,
+    /// Largest service count for the iptables-legacy baseline.
+    #[arg(long, default_value_t = 10000)]
+    baseline_legacy_max: u32,
+}
+
+/// Load times of the kube-proxy-shaped baselines at `n` services (the `lb-baseline` binary next
+/// to this one); empty, with a warning, if it is not there.
+fn baselines(n: u32, e: u32, max: u32, legacy_max: u32) -> Result<std::collections::BTreeMap<String, f64>> {
+    let bin = std::env::current_exe()?.with_file_name("lb-baseline");
+    let mut backends = Vec::new();
+    if n <= max {
+        backends.extend(["iptables-nft", "nftables"]);
+    }
+    if n <= legacy_max {
+        backends.push("iptables-legacy");
+    }
+    if backends.is_empty() {
+        return Ok(Default::default());
+    }
+    if !bin.exists() {
+        eprintln!("warning: {} missing: no iptables/nftables baselines", bin.display());
+        return Ok(Default::default());
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["--services", &n.to_string(), "--endpoints", &e.to_string(), "--backends", &backends.join(",")])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "lb-baseline: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn fmt_stat(s: &lb_userspace::bench::Stat) -> String {
@@ -34,7 +66,20 @@ fn markdown(points: &[Point], meta: &str) -> String {
     let mut md = String::new();
     md.push_str(&format!("# lb-bench\n\n{meta}\n\n"));
     md.push_str("Datapath through BPF_PROG_TEST_RUN, ns per packet: median (min–max) over the rounds, and the ratio of medians to the no-op tc program measured the same way in the same run.\n\n");
-    md.push_str("| services | no-op XDP | no-op tc | non-service (×) | established (×) | new flow (×, vs no-op tc single run) | program all (ms) | one endpoint change p50 / p99 (ms) | map memory (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("Control plane: our writer programming every service from empty, against loading the same services as kube-proxy-shaped rule sets (iptables-restore with kube-proxy's flags / nft -f) in a scratch namespace, same run.\n\n");
+    md.push_str("| services | ours: program all (s) | iptables-nft (s) | iptables-legacy (s) | nftables (s) |\n|---:|---:|---:|---:|---:|\n");
+    for p in points {
+        let b = |k: &str| p.baseline_load_s.get(k).map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        md.push_str(&format!(
+            "| {} | {:.3} | {} | {} | {} |\n",
+            p.services,
+            p.program_all_ms / 1000.0,
+            b("iptables-nft"),
+            b("iptables-legacy"),
+            b("nftables")
+        ));
+    }
+    md.push_str("\n| services | no-op XDP | no-op tc | non-service (×) | established (×) | new flow (×, vs no-op tc single run) | program all (ms) | one endpoint change p50 / p99 (ms) | map memory (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for p in points {
         md.push_str(&format!(
             "| {} | {} | {} | {} ({:.2}) | {} ({:.2}) | {} ({:.2}) | {:.1} | {:.2} / {:.2} | {:.1} |\n",
@@ -67,7 +112,10 @@ fn main() -> Result<()> {
     for &n in &sweep {
         bar.set_message(format!("{n} services x {} endpoints", args.endpoints));
         let o = Options { services: n, endpoints: args.endpoints, repeat, rounds, new_flows, changes };
-        points.push(measure(&o).with_context(|| format!("at {n} services"))?);
+        let mut point = measure(&o).with_context(|| format!("at {n} services"))?;
+        bar.set_message(format!("{n} services: kube-proxy-shaped iptables/nftables baselines"));
+        point.baseline_load_s = baselines(n, args.endpoints, args.baseline_max, args.baseline_legacy_max)?;
+        points.push(point);
         bar.inc(1);
     }
     bar.finish_and_clear();
