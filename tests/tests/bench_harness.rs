@@ -26,8 +26,14 @@ fn quick_bench_runs_and_writes_json_and_markdown() {
         }
         assert!(p["map_memory_bytes"].as_u64().unwrap() > 0);
         assert!(p["established_ratio"].as_f64().unwrap() > 1.0, "our program costs more than the no-op one");
+        // The kube-proxy-shaped baselines were loaded in the same run (up to 1000 services).
+        let baselines = p["baseline_load_s"].as_object().unwrap();
+        let keys: Vec<&str> = baselines.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["iptables-legacy", "iptables-nft", "nftables"], "{p}");
+        assert!(baselines.values().all(|v| v.as_f64().unwrap() > 0.0));
     }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert_eq!(md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| services")).count(), 3);
+    // Two tables (control plane, datapath), one row per sweep point each.
+    assert_eq!(md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| services")).count(), 6);
     std::fs::remove_dir_all(&out).unwrap();
 }
