@@ -3,62 +3,10 @@
 //! (fdinfo `memlock`). The Maglev tables are sized per service (M = 1021 for 10 backends), so
 //! memory follows endpoints rather than services × 16381.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::time::Instant;
 
 use lb_tests::privileges::require_root;
-use lb_userspace::{
-    dataplane::{load_object, writer::Writer, Capacity, MapSet},
-    model::{DesiredState, Endpoint, EndpointAddr, Protocol, ServicePortName, ServicePortState},
-};
-
-fn desired(services: u32, endpoints: u32) -> DesiredState {
-    let mut state = DesiredState::default();
-    for s in 0..services {
-        let eps: Vec<Endpoint> = (0..endpoints)
-            .map(|e| {
-                let n = s * endpoints + e;
-                Endpoint {
-                    ip: Ipv4Addr::new(10, 128 + (n >> 16) as u8, (n >> 8) as u8, n as u8),
-                    port: 8080,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    local: false,
-                    zone_hints: Default::default(),
-                    node_hints: Default::default(),
-                }
-            })
-            .collect();
-        let name = ServicePortName {
-            namespace: "scale".into(),
-            name: format!("svc-{s}"),
-            port_name: "http".into(),
-            protocol: Protocol::Tcp,
-        };
-        state.services.insert(
-            name,
-            ServicePortState {
-                cluster_ip: Ipv4Addr::new(10, 96, (s >> 8) as u8, s as u8),
-                port: 80,
-                protocol: Protocol::Tcp,
-                node_port: None,
-                external_ips: vec![],
-                load_balancer_ips: vec![],
-                load_balancer_source_ranges: vec![],
-                health_check_node_port: None,
-                external_policy_local: false,
-                internal_policy_local: false,
-                affinity_timeout_seconds: None,
-                cluster_endpoints: eps.iter().map(|e| EndpointAddr { ip: e.ip, port: e.port }).collect(),
-                local_endpoints: vec![],
-                endpoints: eps,
-                has_any_endpoints: true,
-                topology_mode: String::new(),
-            },
-        );
-    }
-    state
-}
+use lb_userspace::dataplane::{load_object, writer::Writer, Capacity, MapSet};
 
 #[test]
 fn ten_thousand_services_of_ten_endpoints_fit_well_under_100_mb() {
@@ -69,7 +17,7 @@ fn ten_thousand_services_of_ten_endpoints_fit_well_under_100_mb() {
     let mut ebpf = load_object(&cap, None).unwrap();
     let maps = MapSet::take(&mut ebpf, &cap, None).unwrap();
     let mut writer = Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT).unwrap();
-    let state = desired(10_000, 10);
+    let state = lb_userspace::bench::synthetic(10_000, 10);
     let started = Instant::now();
     let report = writer.apply(&state);
     let elapsed = started.elapsed();
