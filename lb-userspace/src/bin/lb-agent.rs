@@ -368,9 +368,11 @@ async fn run(args: Args) -> Result<()> {
     };
     health.queued_update();
     scheduler.queue();
-    let _ = scheduler.decide(Instant::now());
-    let ok = pipeline.sync(&first, false);
-    scheduler.done(Instant::now(), ok);
+    // A fresh scheduler has its whole burst: the first snapshot is applied at once.
+    if let Decision::Sync { full } = scheduler.decide(Instant::now()) {
+        let ok = pipeline.sync(&first, full);
+        scheduler.done(Instant::now(), ok);
+    }
 
     let mut attacher = Attacher::new(pins.links_dir())?;
     attacher.reconcile(&mut ebpf, &selector).context("attaching")?;

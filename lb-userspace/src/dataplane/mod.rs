@@ -127,7 +127,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
 
 impl MapSet {
     /// Takes the writer's maps out of a freshly loaded object and creates the names map
-    /// (pinned under `pins` when given; the object's maps must be pinned before this).
+    /// (pinned under `pins` when given, or adopted if an earlier agent pinned it there).
     pub fn take(ebpf: &mut Ebpf, cap: &Capacity, pins: Option<&pin::PinDir>) -> Result<MapSet> {
         const BPF_MAP_TYPE_HASH: u32 = 1;
         // No prealloc: memory follows the number of service ports.

@@ -75,11 +75,6 @@ impl PinDir {
         std::fs::create_dir_all(self.links_dir()).with_context(|| format!("creating {}", self.links_dir().display()))
     }
 
-    /// Whether an earlier agent left maps of this layout version.
-    pub fn has_state(&self) -> bool {
-        super::names::ALL_OBJECT_MAPS.iter().chain([&super::names::NAMES]).all(|m| self.map_path(m).exists())
-    }
-
     /// Removes maps pinned by agents of other layout versions (after an upgrade or a
     /// downgrade this agent has taken the links over; their maps are unused).
     pub fn remove_other_versions(&self) -> Result<Vec<PathBuf>> {
@@ -100,10 +95,6 @@ impl PinDir {
     /// Whether `name` is pinned.
     pub fn is_pinned(&self, name: &str) -> bool {
         self.map_path(name).exists()
-    }
-
-    pub fn pin(&self, name: &str, map: &Map) -> Result<()> {
-        map.pin(self.map_path(name)).with_context(|| format!("pinning {name} under {}", self.versioned().display()))
     }
 
     pub fn pin_data(&self, name: &str, map: &MapData) -> Result<()> {

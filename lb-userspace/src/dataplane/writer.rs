@@ -289,11 +289,6 @@ impl Writer {
         self.applied.clear();
     }
 
-    /// The id of a programmed service port.
-    pub fn service_port_id(&self, name: &ServicePortName) -> Option<u32> {
-        self.programmed.get(name).map(|p| p.id)
-    }
-
     /// The backend id of an endpoint of a programmed service port.
     pub fn backend_id(&self, name: &ServicePortName, ep: &EndpointAddr) -> Option<u32> {
         self.programmed.get(name)?.backends.get(ep).map(|b| b.0)
@@ -631,11 +626,6 @@ impl Writer {
         report.service_ports_removed += 1;
     }
 
-    /// Every programmed service port with its id (for tests and lbctl).
-    pub fn service_port_ids(&self) -> BTreeMap<ServicePortName, u32> {
-        self.programmed.iter().map(|(n, p)| (n.clone(), p.id)).collect()
-    }
-
     /// Kernel-accounted memory of the maps: every map the writer programs (by its fdinfo
     /// `memlock`) plus every installed Maglev table.
     pub fn map_memory(&self) -> BTreeMap<String, u64> {
@@ -643,11 +633,6 @@ impl Writer {
             self.maps.fds.iter().map(|(name, fd)| (name.to_string(), sys::memlock_bytes(fd).unwrap_or(0))).collect();
         out.insert("LB_MAGLEV tables".into(), self.table_bytes);
         out
-    }
-
-    /// The maps (for pinning and inspection).
-    pub fn maps(&self) -> &MapSet {
-        &self.maps
     }
 }
 
