@@ -8,8 +8,10 @@
 
 pub mod csum;
 pub mod hash;
+pub mod icmp;
 #[cfg(feature = "std")]
 pub mod maglev;
 pub mod maps;
+pub mod policy;
 
 pub use maps::*;

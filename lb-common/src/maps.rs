@@ -11,6 +11,10 @@
 //! | `LB_BACKENDS` | hash (no prealloc) | backend id (`u32`) → [`Backend`] | agent |
 //! | `LB_MAGLEV` | array of maps | table id → inner array of `[u32; 2]` holding the sequence `[M, slot_0 .. slot_M-1]` of backend ids, two per element | agent |
 //! | `LB_CT` | LRU hash | [`CtKey`] → [`CtEntry`] | datapath |
+//! | `LB_AFFINITY` | LRU hash | [`AffinityKey`] → [`AffinityValue`] (sessionAffinity ClientIP) | datapath |
+//! | `LB_SOURCE_RANGES` | LPM trie | [`source_range_data`] (32 + prefix bits) → `u8` (loadBalancerSourceRanges per service port) | agent |
+//! | `LB_LOCAL_CIDRS` | LPM trie | address octets → `u8` (`--cluster-cidr`: the local traffic detector) | agent |
+//! | `LB_NODE_ADDRS` | hash | address → `u8` (this node's own addresses) | agent |
 //! | `LB_CONFIG` | array[1] | [`Config`] | agent |
 //! | `LB_STATS` | per-CPU array | [`Counter`] index → `u64` | datapath |
 
@@ -18,7 +22,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// Version of the map layout below; part of every pinned map's path, so an agent never adopts
 /// maps whose layout it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Packs a table's u32 sequence `[M, slots..]` two per element (the inner arrays' layout).
 #[cfg(feature = "std")]
@@ -45,16 +49,10 @@ pub const DEFAULT_MAX_BACKENDS: u32 = 262_144;
 /// Two tables per service port (cluster and local endpoint sets).
 pub const DEFAULT_MAX_TABLES: u32 = 2 * 65_536;
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
+pub const DEFAULT_AFFINITY_ENTRIES: u32 = 65_536;
+pub const DEFAULT_SOURCE_RANGES: u32 = 16_384;
 
-/// Which frontend of a service port a [`ServiceKey`] describes.
-pub mod scope {
-    /// ClusterIP (internal traffic policy applies).
-    pub const CLUSTER_IP: u8 = 0;
-    /// NodePort, ExternalIP, LoadBalancer IP (external traffic policy applies).
-    pub const EXTERNAL: u8 = 1;
-}
-
-/// A frontend: (address, port, protocol, scope). `port == 0 && proto == 0` is the address marker
+/// A frontend: (address, port, protocol). `port == 0 && proto == 0` is the address marker
 /// written once per frontend address: it lets the datapath recognise traffic to a service
 /// address when it cannot read ports (fragments, truncated L4 headers) and drop it rather
 /// than route it un-NATed.
@@ -64,21 +62,38 @@ pub struct ServiceKey {
     pub addr: u32,
     pub port: u16,
     pub proto: u8,
-    pub scope: u8,
+    pub _pad: u8,
+}
+
+impl ServiceKey {
+    #[inline(always)]
+    pub const fn new(addr: u32, port: u16, proto: u8) -> ServiceKey {
+        ServiceKey { addr, port, proto, _pad: 0 }
+    }
+    /// The address marker of this frontend's address.
+    #[inline(always)]
+    pub const fn marker(addr: u32) -> ServiceKey {
+        ServiceKey { addr, port: 0, proto: 0, _pad: 0 }
+    }
 }
 
 /// [`ServiceValue::flags`] bits.
 pub mod svc_flags {
-    /// The service port has no usable endpoint anywhere (SEMANTICS E1): new connections get
-    /// the no-endpoint action instead of a backend.
+    /// The service port has no usable endpoint anywhere (SEMANTICS E1): new connections are
+    /// REJECTed (ICMP port unreachable).
     pub const NO_ENDPOINTS: u32 = 1 << 0;
-    /// This frontend uses the local endpoint table (iTP=Local for ClusterIP, eTP=Local for
-    /// external frontends).
-    pub const LOCAL_TABLE: u32 = 1 << 1;
+    /// The frontend's traffic policy is Local: iTP=Local for the ClusterIP, eTP=Local for an
+    /// external frontend (see [`crate::policy::decide`]).
+    pub const POLICY_LOCAL: u32 = 1 << 1;
     /// The address marker entry (see [`super::ServiceKey`]).
     pub const ADDRESS_MARKER: u32 = 1 << 2;
-    /// Session affinity ClientIP (reserved for the affinity module).
+    /// sessionAffinity ClientIP (timeout in [`super::ServiceValue::affinity_timeout`]).
     pub const AFFINITY: u32 = 1 << 3;
+    /// An external frontend (NodePort, ExternalIP, LoadBalancer IP); otherwise the ClusterIP.
+    pub const EXTERNAL: u32 = 1 << 4;
+    /// A LoadBalancer IP with loadBalancerSourceRanges: new connections from sources outside
+    /// the service port's ranges in `LB_SOURCE_RANGES` are dropped.
+    pub const SOURCE_RANGES: u32 = 1 << 5;
 }
 
 /// What a frontend leads to.
@@ -89,10 +104,12 @@ pub struct ServiceValue {
     pub id: u32,
     /// [`svc_flags`] bits.
     pub flags: u32,
-    /// Maglev table id in `LB_MAGLEV` used by this frontend (cluster or local set).
-    pub table: u32,
+    /// Maglev table ids in `LB_MAGLEV` of the cluster and local endpoint sets.
+    pub cluster_table: u32,
+    pub local_table: u32,
     /// Session affinity idle timeout in seconds (0 = none).
     pub affinity_timeout: u32,
+    pub _pad: u32,
 }
 
 /// [`Backend::flags`] bits, from the EndpointSlice conditions.
@@ -101,6 +118,10 @@ pub mod backend_flags {
     pub const SERVING: u8 = 1 << 1;
     pub const TERMINATING: u8 = 1 << 2;
     pub const LOCAL: u8 = 1 << 3;
+    /// Member of the service port's cluster endpoint set (SEMANTICS C1) right now.
+    pub const IN_CLUSTER_SET: u8 = 1 << 4;
+    /// Member of the service port's local endpoint set (SEMANTICS C2) right now.
+    pub const IN_LOCAL_SET: u8 = 1 << 5;
 }
 
 /// One endpoint of one service port (ids are never shared between service ports, so removing
@@ -149,11 +170,18 @@ impl CtKey {
 pub mod ct_flags {
     /// A TCP FIN or RST was seen: the short closing timeout applies.
     pub const TCP_CLOSING: u8 = 1 << 0;
-    /// The forward packet was source-NATed (reserved for masquerade).
+    /// The flow is masqueraded: the forward entry's `nat_addr:nat_port` is the source to
+    /// write, the reply entry's is the client's address to restore as destination.
     pub const SNAT: u8 = 1 << 1;
 }
 
 /// Conntrack state of one direction of a flow.
+///
+/// Forward entry (key: client → frontend): `backend_id`, and with [`ct_flags::SNAT`] the
+/// masquerade source in `nat_addr:nat_port`. Reply entry (key: backend → client, or backend →
+/// masquerade address): `frontend_addr:frontend_port` become the source, and with SNAT
+/// `nat_addr:nat_port` (the client) the destination. The reply entry's key is the flow's
+/// post-NAT tuple: inserting it with `BPF_NOEXIST` is what reserves a masquerade port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
@@ -166,10 +194,19 @@ pub struct CtEntry {
     pub frontend_port: u16,
     pub flags: u8,
     pub _pad: u8,
-    /// Masquerade address/port (reserved; 0 when not source-NATed).
+    /// Masquerade source (forward) or client to restore (reply); 0 unless SNAT.
     pub nat_addr: u32,
     pub nat_port: u16,
     pub _pad2: [u8; 2],
+}
+
+/// [`Config::flags`] bits.
+pub mod config_flags {
+    /// `--masquerade-all`.
+    pub const MASQUERADE_ALL: u32 = 1 << 0;
+    /// A local traffic detector is configured (`--cluster-cidr`): sources in `LB_LOCAL_CIDRS`
+    /// are local pods. Without it nothing is "local" (kube-proxy's no-op detector).
+    pub const DETECT_LOCAL: u32 = 1 << 1;
 }
 
 /// Datapath configuration written by the agent (`LB_CONFIG[0]`). Timeouts in seconds.
@@ -179,13 +216,56 @@ pub struct Config {
     pub tcp_established_timeout: u32,
     pub tcp_closing_timeout: u32,
     pub udp_timeout: u32,
+    /// [`config_flags`] bits.
     pub flags: u32,
+    /// The masquerade (SNAT) address: the node's primary address (map representation).
+    pub snat_addr: u32,
+    /// Masquerade source ports, host order, inclusive; outside the node's ephemeral range so
+    /// they never collide with the node's own connections.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 impl Config {
     /// Close to what kube-proxy sets or leaves: nf_conntrack_tcp_timeout_established 24h
-    /// (SEMANTICS I5), time_wait 120 s, udp_timeout_stream 120 s.
-    pub const DEFAULT: Config = Config { tcp_established_timeout: 86_400, tcp_closing_timeout: 120, udp_timeout: 120, flags: 0 };
+    /// (SEMANTICS I5), time_wait 120 s, udp_timeout_stream 120 s. Masquerade ports
+    /// 61000–65535: above Linux's default ip_local_port_range (32768–60999).
+    pub const DEFAULT: Config = Config {
+        tcp_established_timeout: 86_400,
+        tcp_closing_timeout: 120,
+        udp_timeout: 120,
+        flags: 0,
+        snat_addr: 0,
+        snat_port_min: 61_000,
+        snat_port_max: 65_535,
+    };
+}
+
+/// `LB_AFFINITY` key: client address and service port (SEMANTICS F1: the client IP only, per
+/// service port, shared by all of its frontends).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    pub client: u32,
+    pub svc_id: u32,
+}
+
+/// `LB_AFFINITY` value: the endpoint and when a new connection last went to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct AffinityValue {
+    pub last_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// `LB_SOURCE_RANGES` key data (LPM trie, after the prefix length): the service-port id
+/// (big-endian, so it is matched whole by prefixes of 32 + n bits) then the address.
+#[inline(always)]
+pub const fn source_range_data(svc_id: u32, addr: u32) -> [u8; 8] {
+    let id = svc_id.to_be_bytes();
+    let a = addr.to_ne_bytes();
+    [id[0], id[1], id[2], id[3], a[0], a[1], a[2], a[3]]
 }
 
 /// Per-CPU counters (`LB_STATS` index).
@@ -204,8 +284,8 @@ pub enum Counter {
     NewFlows = 5,
     /// Established flows whose backend vanished and were re-selected.
     Reselected = 6,
-    /// Drop: the service port has no endpoint (REJECT comes with the external-traffic work).
-    DropNoEndpoint = 7,
+    /// The service port has no usable endpoint: new connections REJECTed (ICMP port unreachable).
+    RejectNoEndpoint = 7,
     /// Drop: fragment or truncated L4 header addressed to a service address.
     DropUnparsable = 8,
     /// Drop: the Maglev table or backend was missing (a race with a table swap).
@@ -214,10 +294,20 @@ pub enum Counter {
     DropRewrite = 10,
     /// Conntrack insert failed (the packet is still forwarded).
     CtInsertFailed = 11,
+    /// Drop: the frontend's policy is Local and this node has no local endpoint (E2).
+    DropNoLocalEndpoint = 12,
+    /// Drop: the source is outside the LoadBalancer's loadBalancerSourceRanges (D7).
+    DropSourceRange = 13,
+    /// Drop: no free masquerade port for the flow's post-NAT tuple.
+    DropNoSnatPort = 14,
+    /// New flows that were masqueraded.
+    Masqueraded = 15,
+    /// New flows sent to an endpoint chosen by session affinity.
+    AffinityHits = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
         Counter::Bytes,
@@ -226,11 +316,16 @@ impl Counter {
         Counter::ReplyPackets,
         Counter::NewFlows,
         Counter::Reselected,
-        Counter::DropNoEndpoint,
+        Counter::RejectNoEndpoint,
         Counter::DropUnparsable,
         Counter::DropNoBackend,
         Counter::DropRewrite,
         Counter::CtInsertFailed,
+        Counter::DropNoLocalEndpoint,
+        Counter::DropSourceRange,
+        Counter::DropNoSnatPort,
+        Counter::Masqueraded,
+        Counter::AffinityHits,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -242,11 +337,16 @@ impl Counter {
             Counter::ReplyPackets => "reply_packets",
             Counter::NewFlows => "new_flows",
             Counter::Reselected => "reselected_flows",
-            Counter::DropNoEndpoint => "drop_no_endpoint",
+            Counter::RejectNoEndpoint => "reject_no_endpoint",
             Counter::DropUnparsable => "drop_unparsable",
             Counter::DropNoBackend => "drop_no_backend",
             Counter::DropRewrite => "drop_rewrite_failed",
             Counter::CtInsertFailed => "ct_insert_failed",
+            Counter::DropNoLocalEndpoint => "drop_no_local_endpoint",
+            Counter::DropSourceRange => "drop_source_range",
+            Counter::DropNoSnatPort => "drop_no_snat_port",
+            Counter::Masqueraded => "masqueraded_flows",
+            Counter::AffinityHits => "affinity_hits",
         }
     }
 }
@@ -283,6 +383,8 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }
 
 #[cfg(test)]
@@ -295,8 +397,8 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(offset_of!(ServiceKey, port), 4);
         assert_eq!(offset_of!(ServiceKey, proto), 6);
-        assert_eq!(offset_of!(ServiceKey, scope), 7);
-        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<ServiceValue>(), 24);
+        assert_eq!(offset_of!(ServiceValue, local_table), 12);
         assert_eq!(size_of::<Backend>(), 12);
         assert_eq!(offset_of!(Backend, svc_id), 8);
         assert_eq!(size_of::<CtKey>(), 16);
@@ -307,7 +409,11 @@ mod tests {
         assert_eq!(offset_of!(CtEntry, frontend_addr), 16);
         assert_eq!(offset_of!(CtEntry, nat_addr), 24);
         assert_eq!(align_of::<CtEntry>(), 8);
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(offset_of!(Config, snat_port_max), 22);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(source_range_data(0x0102_0304, ip_to_map([10, 0, 0, 9])), [1, 2, 3, 4, 10, 0, 0, 9]);
     }
 
     #[test]

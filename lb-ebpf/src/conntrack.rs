@@ -5,11 +5,12 @@
 //! `last_seen` is refreshed at most once a second to keep the hot path read-mostly.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{ct_flags, Config, CtEntry, CtKey, PROTO_TCP};
+use lb_common::{ct_flags, CtEntry, CtKey, PROTO_TCP};
 
 use crate::{
-    maps::{LB_CONFIG, LB_CT},
+    maps::LB_CT,
     parse::{TCP_FIN, TCP_RST},
+    service::config,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -28,7 +29,7 @@ pub fn now() -> u64 {
 
 #[inline(always)]
 fn timeout_ns(proto: u8, flags: u8) -> u64 {
-    let cfg = LB_CONFIG.get(0).copied().unwrap_or(Config::DEFAULT);
+    let cfg = config();
     let secs = if proto == PROTO_TCP {
         if flags & ct_flags::TCP_CLOSING != 0 {
             cfg.tcp_closing_timeout
@@ -70,4 +71,21 @@ pub fn touch(e: *mut CtEntry, now: u64, tcp_flags: u8) {
 #[inline(always)]
 pub fn insert(key: &CtKey, entry: &CtEntry) -> bool {
     LB_CT.insert(key, entry, 0).is_ok()
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+/// Inserts an entry only if the key is free (or its entry expired): the atomic reservation of
+/// a post-NAT tuple. False if another live flow holds it.
+#[inline(always)]
+pub fn insert_new(key: &CtKey, entry: &CtEntry, now: u64) -> bool {
+    if LB_CT.insert(key, entry, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    if lookup(key, now).is_some() {
+        return false;
+    }
+    // Expired: delete it and race for the key again (one CPU wins the NOEXIST insert).
+    let _ = LB_CT.remove(key);
+    LB_CT.insert(key, entry, BPF_NOEXIST).is_ok()
 }

@@ -1,88 +1,129 @@
-//! The per-packet decision for pod-facing interfaces.
+//! The per-packet decision, shared by every hook (pod-facing tc ingress, host tc egress,
+//! uplink XDP).
 //!
 //! 1. Parse; anything that is not IPv4 passes untouched.
-//! 2. A packet to a service frontend (ClusterIP:port/proto): find its flow in conntrack; if the
-//!    flow is new, or its backend is gone (or is a UDP backend that stopped serving), pick a
-//!    backend with Maglev and record both directions; DNAT to the backend.
-//! 3. Otherwise, a reply of a tracked flow (backend → client): restore the frontend as source.
+//! 2. A packet to a service frontend (ClusterIP, NodePort, ExternalIP, LoadBalancer IP): find
+//!    its flow in conntrack; if it is new (or its backend is gone, or is a UDP backend that
+//!    stopped serving): REJECT when the service port has no usable endpoint, DROP a source
+//!    outside loadBalancerSourceRanges, decide endpoint set and masquerade
+//!    (`lb_common::policy`), pick the backend (affinity, else Maglev), reserve a masquerade
+//!    port if needed and record both directions; then DNAT (and SNAT).
+//! 3. Otherwise, a reply of a tracked flow (backend → client or → masquerade address):
+//!    restore the frontend as source (and the client as destination).
 //! 4. Otherwise pass untouched.
 
-use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::warn;
 use lb_common::{
-    backend_flags, ct_dir, hash::flow_hash, scope, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP,
+    backend_flags, config_flags, ct_dir, ct_flags,
+    hash::flow_hash,
+    icmp::snat_port_candidate,
+    policy::{self, EndpointSet},
+    port_to_map, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
-    conntrack,
+    affinity, conntrack,
+    frame::Frame,
     nat::{self, Side},
     parse::{self, Ipv4Packet, Parsed, L4},
-    service, stats,
+    reject, service, stats,
 };
 
 pub enum Verdict {
+    /// Let the packet continue (translated or not).
     Pass,
+    /// A service packet was translated: the host egress hook must route it again.
+    Translated,
     Drop,
+    /// The frame was rewritten into an ICMP port unreachable for its sender.
+    Reject,
 }
 
+/// Where the program runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of a pod-facing interface, and XDP on an uplink: traffic entering the node.
+    Ingress,
+    /// tc egress: traffic the node itself sends (host-originated connections to services, and
+    /// replies of host-network backends).
+    HostEgress,
+}
+
+/// How many masquerade ports a new flow tries before giving up.
+const SNAT_TRIES: u32 = 16;
+
 #[inline(always)]
-pub fn pod_ingress(ctx: &TcContext) -> Verdict {
-    let pkt = match parse::parse(ctx) {
+pub fn process<F: Frame>(f: &F, _hook: Hook) -> Verdict {
+    let pkt = match parse::parse(f) {
         Parsed::Ipv4(p) => p,
         Parsed::Other => return Verdict::Pass,
     };
     stats::inc(Counter::Packets);
-    stats::add(Counter::Bytes, ctx.len() as u64);
+    stats::add(Counter::Bytes, f.len() as u64);
 
     let Some(l4) = pkt.l4 else {
         // Fragments and truncated headers cannot be translated consistently: never let them
         // reach a service address un-NATed.
-        if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr, scope::CLUSTER_IP) {
+        if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr) {
             stats::inc(Counter::DropUnparsable);
             return Verdict::Drop;
         }
         return Verdict::Pass;
     };
 
-    if let Some(svc) = service::lookup(pkt.daddr, l4.dport, pkt.proto, scope::CLUSTER_IP) {
-        return forward(ctx, &pkt, &l4, &svc);
+    if let Some(svc) = service::lookup(pkt.daddr, l4.dport, pkt.proto) {
+        return forward(f, &pkt, &l4, &svc);
     }
-    reply(ctx, &pkt, &l4)
+    reply(f, &pkt, &l4)
 }
 
 /// Client → frontend.
 #[inline(always)]
-fn forward(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
+fn forward<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
     let now = conntrack::now();
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::FORWARD);
 
     if let Some(e) = conntrack::lookup(&key, now) {
-        // SAFETY: a map value pointer.
-        let entry = unsafe { &*e };
+        // SAFETY: a map value pointer; the fields are copied out.
+        let entry = unsafe { *e };
         if entry.svc_id == svc.id {
             if let Some(b) = service::backend(entry.backend_id) {
                 if usable_for_established(&b, svc.id, pkt.proto) {
                     conntrack::touch(e, now, l4.tcp_flags);
-                    return dnat(ctx, pkt, l4, &b);
+                    let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
+                    return translate(f, pkt, l4, &b, snat);
                 }
             }
         }
         stats::inc(Counter::Reselected);
     }
+    new_flow(f, pkt, l4, svc, &key, now)
+}
 
-    // A new flow (or one whose backend went away).
+#[inline(always)]
+fn new_flow<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key: &CtKey, now: u64) -> Verdict {
     if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
-        stats::inc(Counter::DropNoEndpoint);
+        stats::inc(Counter::RejectNoEndpoint);
+        return Verdict::Reject;
+    }
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !service::source_allowed(svc.id, pkt.saddr) {
+        stats::inc(Counter::DropSourceRange);
         return Verdict::Drop;
     }
-    let hash = flow_hash(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto);
-    let Some(backend_id) = service::maglev_select(svc.table, hash) else {
-        stats::inc(Counter::DropNoBackend);
-        return Verdict::Drop;
+    let cfg = service::config();
+    let decision = policy::decide(
+        svc.flags,
+        service::classify(pkt.saddr, &cfg),
+        cfg.flags & config_flags::MASQUERADE_ALL != 0,
+        cfg.flags & config_flags::DETECT_LOCAL != 0,
+    );
+    let (table, member) = match decision.set {
+        EndpointSet::Cluster => (svc.cluster_table, backend_flags::IN_CLUSTER_SET),
+        EndpointSet::Local => (svc.local_table, backend_flags::IN_LOCAL_SET),
     };
-    let Some(b) = service::backend(backend_id) else {
-        stats::inc(Counter::DropNoBackend);
+
+    let Some((backend_id, b)) = choose(pkt, l4, svc, table, member, now) else {
+        stats::inc(if decision.set == EndpointSet::Local { Counter::DropNoLocalEndpoint } else { Counter::DropNoBackend });
         return Verdict::Drop;
     };
 
@@ -99,13 +140,85 @@ fn forward(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Ve
         _pad2: [0; 2],
     };
     conntrack::touch(&mut entry, now, l4.tcp_flags);
-    let reply_key = CtKey::new(b.addr, pkt.saddr, b.port, l4.sport, pkt.proto, ct_dir::REPLY);
-    // Reply entry first: once the forward entry exists, replies must find theirs.
-    if !conntrack::insert(&reply_key, &entry) || !conntrack::insert(&key, &entry) {
+
+    let masquerade = (decision.masquerade || policy::hairpin(pkt.saddr, b.addr)) && cfg.snat_addr != 0;
+    let snat = if masquerade {
+        let Some(port) = reserve_snat_port(pkt, l4, &b, &entry, cfg.snat_addr, cfg.snat_port_min, cfg.snat_port_max, now) else {
+            stats::inc(Counter::DropNoSnatPort);
+            return Verdict::Drop;
+        };
+        stats::inc(Counter::Masqueraded);
+        entry.flags |= ct_flags::SNAT;
+        entry.nat_addr = cfg.snat_addr;
+        entry.nat_port = port;
+        Some((cfg.snat_addr, port))
+    } else {
+        let reply_key = CtKey::new(b.addr, pkt.saddr, b.port, l4.sport, pkt.proto, ct_dir::REPLY);
+        // Reply entry first: once the forward entry exists, replies must find theirs.
+        if !conntrack::insert(&reply_key, &entry) {
+            stats::inc(Counter::CtInsertFailed);
+        }
+        None
+    };
+    if !conntrack::insert(key, &entry) {
         stats::inc(Counter::CtInsertFailed);
     }
     stats::inc(Counter::NewFlows);
-    dnat(ctx, pkt, l4, &b)
+    translate(f, pkt, l4, &b, snat)
+}
+
+/// The backend for a new connection: the affine one if it is still in the chosen set, else
+/// Maglev over the chosen table.
+#[inline(always)]
+fn choose(pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, table: u32, member: u8, now: u64) -> Option<(u32, Backend)> {
+    let affinity = svc.flags & svc_flags::AFFINITY != 0;
+    if affinity {
+        if let Some(id) = affinity::lookup(pkt.saddr, svc.id, svc.affinity_timeout, now) {
+            if let Some(b) = service::backend(id) {
+                if b.svc_id == svc.id && b.flags & member != 0 {
+                    stats::inc(Counter::AffinityHits);
+                    affinity::update(pkt.saddr, svc.id, id, now);
+                    return Some((id, b));
+                }
+            }
+        }
+    }
+    let hash = flow_hash(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto);
+    let id = service::maglev_select(table, hash)?;
+    let b = service::backend(id)?;
+    if affinity {
+        affinity::update(pkt.saddr, svc.id, id, now);
+    }
+    Some((id, b))
+}
+
+/// Reserves a masquerade source port: the reply entry keyed by the post-NAT tuple is inserted
+/// only if no live flow holds that tuple. Returns the port (map representation).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn reserve_snat_port(
+    pkt: &Ipv4Packet,
+    l4: &L4,
+    b: &Backend,
+    entry: &CtEntry,
+    snat_addr: u32,
+    min: u16,
+    max: u16,
+    now: u64,
+) -> Option<u16> {
+    let mut reply = *entry;
+    reply.flags |= ct_flags::SNAT;
+    reply.nat_addr = pkt.saddr;
+    reply.nat_port = l4.sport;
+    let hash = flow_hash(pkt.saddr, b.addr, l4.sport, b.port, pkt.proto);
+    for attempt in 0..SNAT_TRIES {
+        let port = port_to_map(snat_port_candidate(hash, attempt, min, max));
+        let key = CtKey::new(b.addr, snat_addr, b.port, port, pkt.proto, ct_dir::REPLY);
+        if conntrack::insert_new(&key, &reply, now) {
+            return Some(port);
+        }
+    }
+    None
 }
 
 /// A backend keeps its established flows while it is in the service port's endpoint list,
@@ -116,33 +229,55 @@ fn usable_for_established(b: &Backend, svc_id: u32, proto: u8) -> bool {
     b.svc_id == svc_id && (proto != PROTO_UDP || b.flags & backend_flags::SERVING != 0)
 }
 
+/// DNAT to the backend, and masquerade when `snat` is set.
 #[inline(always)]
-fn dnat(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4, b: &Backend) -> Verdict {
-    if nat::rewrite(ctx, pkt, Side::Dst, l4.dport, b.addr, b.port).is_err() {
-        stats::inc(Counter::DropRewrite);
-        // Cold path only (a helper refused the skb): never logged per packet otherwise.
-        warn!(ctx, "lb: DNAT rewrite failed (proto {}), packet dropped", pkt.proto);
-        return Verdict::Drop;
+fn translate<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, b: &Backend, snat: Option<(u32, u16)>) -> Verdict {
+    if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, b.addr, b.port).is_err() {
+        return rewrite_failed(f, pkt);
+    }
+    if let Some((addr, port)) = snat {
+        if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, addr, port).is_err() {
+            return rewrite_failed(f, pkt);
+        }
     }
     stats::inc(Counter::ServicePackets);
-    stats::add(Counter::ServiceBytes, ctx.len() as u64);
-    Verdict::Pass
+    stats::add(Counter::ServiceBytes, f.len() as u64);
+    Verdict::Translated
 }
 
-/// Backend → client: restore the frontend address and port as the source.
 #[inline(always)]
-fn reply(ctx: &TcContext, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
+fn rewrite_failed<F: Frame>(f: &F, pkt: &Ipv4Packet) -> Verdict {
+    stats::inc(Counter::DropRewrite);
+    // Cold path only (a helper refused the packet): never logged per packet otherwise.
+    warn!(f, "lb: rewrite failed (proto {}), packet dropped", pkt.proto);
+    Verdict::Drop
+}
+
+/// Backend → client: restore the frontend as the source (and a masqueraded client as the
+/// destination).
+#[inline(always)]
+fn reply<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::REPLY);
     let now = conntrack::now();
     let Some(e) = conntrack::lookup(&key, now) else { return Verdict::Pass };
-    // SAFETY: a map value pointer.
-    let (addr, port) = unsafe { ((*e).frontend_addr, (*e).frontend_port) };
+    // SAFETY: a map value pointer; the fields are copied out.
+    let entry = unsafe { *e };
     conntrack::touch(e, now, l4.tcp_flags);
-    if nat::rewrite(ctx, pkt, Side::Src, l4.sport, addr, port).is_err() {
-        stats::inc(Counter::DropRewrite);
-        warn!(ctx, "lb: reverse-NAT rewrite failed (proto {}), packet dropped", pkt.proto);
-        return Verdict::Drop;
+    if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.frontend_addr, entry.frontend_port).is_err() {
+        return rewrite_failed(f, pkt);
+    }
+    if entry.flags & ct_flags::SNAT != 0
+        && nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, entry.nat_addr, entry.nat_port).is_err()
+    {
+        return rewrite_failed(f, pkt);
     }
     stats::inc(Counter::ReplyPackets);
-    Verdict::Pass
+    Verdict::Translated
+}
+
+/// Rewrites the frame into the REJECT reply; false (drop it) if that is impossible.
+#[inline(always)]
+pub fn build_reject<F: Frame>(f: &F) -> bool {
+    let Parsed::Ipv4(pkt) = parse::parse(f) else { return false };
+    reject::build(f, &pkt).is_ok()
 }

@@ -2,10 +2,10 @@
 //! Sizes here are defaults; the agent overrides them at load time from its configuration.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use lb_common::{Backend, Config, Counter, CtEntry, CtKey, ServiceKey, ServiceValue};
+use lb_common::{AffinityKey, AffinityValue, Backend, Config, Counter, CtEntry, CtKey, ServiceKey, ServiceValue};
 
 /// Frontend → service port. No prealloc: an updated value is never seen half-written.
 #[btf_map]
@@ -26,7 +26,23 @@ pub static LB_MAGLEV: ArrayOfMaps<Array<[u32; 2], 1, 4096>, 131072> = ArrayOfMap
 #[btf_map]
 pub static LB_CT: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
 
-/// Datapath configuration (timeouts).
+/// sessionAffinity ClientIP state: (client, service port) → endpoint and last use.
+#[btf_map]
+pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, 65536> = LruHashMap::new();
+
+/// loadBalancerSourceRanges: (service-port id, source prefix) → 1 (`lb_common::source_range_data`).
+#[btf_map]
+pub static LB_SOURCE_RANGES: LpmTrie<[u8; 8], u8, 16384> = LpmTrie::new();
+
+/// The local traffic detector's CIDRs (`--cluster-cidr`).
+#[btf_map]
+pub static LB_LOCAL_CIDRS: LpmTrie<[u8; 4], u8, 64> = LpmTrie::new();
+
+/// This node's own addresses (kube-proxy's `fib saddr type local`).
+#[btf_map]
+pub static LB_NODE_ADDRS: HashMap<u32, u8, 256> = HashMap::new();
+
+/// Datapath configuration (timeouts, masquerade).
 #[btf_map]
 pub static LB_CONFIG: Array<Config, 1> = Array::new();
 

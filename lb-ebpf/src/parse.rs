@@ -9,10 +9,9 @@
 //!   addressed to a service address (they could not be translated consistently) and passes
 //!   them otherwise.
 
-use core::mem::size_of;
-
-use aya_ebpf::programs::TcContext;
 use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+use crate::frame::{ptr_at, Frame};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -44,6 +43,8 @@ pub const TCP_RST: u8 = 0x04;
 
 #[derive(Clone, Copy)]
 pub struct Ipv4Packet {
+    /// Total length of the IPv4 packet (header field).
+    pub tot_len: u16,
     pub saddr: u32,
     pub daddr: u32,
     pub proto: u8,
@@ -58,33 +59,22 @@ pub enum Parsed {
     Other,
 }
 
-/// A pointer to a `T` at `off`, if the whole `T` lies inside the packet's linear data.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> Parsed {
+pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     // Headers we need may sit in paged data (rare on veth): pull up to the largest IPv4 +
     // TCP header once, so bounds checks see them.
     let linear = ctx.data_end() - ctx.data();
     let want = ETH_HLEN + 60 + 20;
     if linear < want && (ctx.len() as usize) > linear {
-        let _ = ctx.pull_data(want as u32);
+        ctx.pull(want as u32);
     }
 
-    let Some(proto) = ptr_at::<u16>(ctx, 12) else { return Parsed::Other };
+    let Some(proto) = ptr_at::<F, u16>(ctx, 12) else { return Parsed::Other };
     // SAFETY: ptr_at checked the bounds.
     if u16::from_be(unsafe { *proto }) != ETH_P_IP {
         return Parsed::Other;
     }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else { return Parsed::Other };
+    let Some(ip) = ptr_at::<F, Ipv4Hdr>(ctx, ETH_HLEN) else { return Parsed::Other };
     // SAFETY: ptr_at checked the bounds.
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
@@ -95,9 +85,10 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Other;
     }
     let l4_off = ETH_HLEN + ihl * 4;
-    let mut pkt = Ipv4Packet { saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, l4_off, l4: None };
+    let mut pkt =
+        Ipv4Packet { tot_len: u16::from_be(ip.tot_len), saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, l4_off, l4: None };
     // Options must be inside the packet too.
-    if ptr_at::<u8>(ctx, l4_off - 1).is_none() {
+    if ptr_at::<F, u8>(ctx, l4_off - 1).is_none() {
         return Parsed::Other;
     }
     // MF set or a non-zero offset: a fragment, whose L4 header is absent or incomplete.
@@ -105,17 +96,17 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         return Parsed::Ipv4(pkt);
     }
     pkt.l4 = match ip.proto {
-        PROTO_TCP => ptr_at::<[u8; 20]>(ctx, l4_off).map(|h| {
+        PROTO_TCP => ptr_at::<F, [u8; 20]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
             L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: h[13] }
         }),
-        PROTO_UDP => ptr_at::<[u8; 8]>(ctx, l4_off).map(|h| {
+        PROTO_UDP => ptr_at::<F, [u8; 8]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
             L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0 }
         }),
-        PROTO_SCTP => ptr_at::<[u8; 12]>(ctx, l4_off).map(|h| {
+        PROTO_SCTP => ptr_at::<F, [u8; 12]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
             L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0 }

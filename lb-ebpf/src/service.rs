@@ -1,21 +1,47 @@
 //! Frontend lookup and Maglev backend selection.
 
-use lb_common::{Backend, ServiceKey, ServiceValue, BACKEND_NONE};
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use lb_common::{config_flags, policy::Source, source_range_data, Backend, Config, ServiceKey, ServiceValue, BACKEND_NONE};
 
-use crate::maps::{LB_BACKENDS, LB_MAGLEV, LB_SERVICES};
+use crate::maps::{LB_BACKENDS, LB_CONFIG, LB_LOCAL_CIDRS, LB_MAGLEV, LB_NODE_ADDRS, LB_SERVICES, LB_SOURCE_RANGES};
 
 /// The service port behind a frontend (copied out: the value is never read twice).
 #[inline(always)]
-pub fn lookup(addr: u32, port: u16, proto: u8, scope: u8) -> Option<ServiceValue> {
-    let key = ServiceKey { addr, port, proto, scope };
+pub fn lookup(addr: u32, port: u16, proto: u8) -> Option<ServiceValue> {
     // SAFETY: the value is copied out at once.
-    unsafe { LB_SERVICES.get(&key).copied() }
+    unsafe { LB_SERVICES.get(&ServiceKey::new(addr, port, proto)).copied() }
 }
 
 /// Whether `addr` is a frontend address of any service (the address marker entry).
 #[inline(always)]
-pub fn is_service_addr(addr: u32, scope: u8) -> bool {
-    lookup(addr, 0, 0, scope).is_some()
+pub fn is_service_addr(addr: u32) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { LB_SERVICES.get(&ServiceKey::marker(addr)).is_some() }
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    LB_CONFIG.get(0).copied().unwrap_or(Config::DEFAULT)
+}
+
+/// What the source of a new connection is, for the policy decision: a pod (inside the
+/// detector's CIDRs, when a detector is configured), this node, or an external client.
+#[inline(always)]
+pub fn classify(saddr: u32, cfg: &Config) -> Source {
+    if cfg.flags & config_flags::DETECT_LOCAL != 0 && LB_LOCAL_CIDRS.get(&Key::new(32, saddr.to_ne_bytes())).is_some() {
+        return Source::Pod;
+    }
+    // SAFETY: only presence is read.
+    if unsafe { LB_NODE_ADDRS.get(&saddr).is_some() } {
+        return Source::Host;
+    }
+    Source::External
+}
+
+/// loadBalancerSourceRanges: whether `saddr` may open connections to service port `svc_id`.
+#[inline(always)]
+pub fn source_allowed(svc_id: u32, saddr: u32) -> bool {
+    LB_SOURCE_RANGES.get(&Key::new(64, source_range_data(svc_id, saddr))).is_some()
 }
 
 /// Position `pos` of a table's u32 sequence (two per array element).

@@ -1,5 +1,13 @@
 //! Flags with kube-proxy's names and meanings, shared by `lb-agent` and `lbctl trace` (the
-//! trace must decide exactly as the agent would).
+//! trace must decide exactly as the agent would), and their resolution into this node's
+//! network facts ([`NodeNet`]).
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Result};
+use ipnet::Ipv4Net;
+
+use crate::dataplane::writer::NodeNet;
 
 /// kube-proxy's proxy-mode flags.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -9,19 +17,34 @@ pub struct ProxyFlags {
     #[arg(long)]
     pub hostname_override: Option<String>,
 
-    /// The cluster's pod CIDR (kube-proxy's flag): sources inside it are pods. Accepted; used
-    /// by masquerading, which is not implemented yet.
-    #[arg(long)]
-    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The cluster's pod CIDRs (kube-proxy's flag, comma separated or repeated): the local
+    /// traffic detector. Sources inside are pods (not masqueraded to ClusterIPs, short-circuited
+    /// for eTP=Local); without it nothing is detected as local (SEMANTICS H1–H5).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<Ipv4Net>,
 
-    /// Masquerade all service traffic (kube-proxy's flag). Accepted; not implemented yet.
+    /// Masquerade all ClusterIP traffic (kube-proxy's flag).
     #[arg(long)]
     pub masquerade_all: bool,
 
-    /// NodePort addresses: CIDRs or `primary` (kube-proxy's flag). Accepted; NodePorts are not
-    /// implemented yet.
+    /// Addresses NodePorts are served on: CIDRs (interface addresses inside them) or
+    /// `primary` (the node's primary address), kube-proxy's flag. Default `primary`, as
+    /// kube-proxy's nftables mode; loopback addresses never.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+
+    /// This node's addresses (repeatable); the first is the primary one (NodePorts with
+    /// `primary`, and the masquerade source). Default: the Node object's InternalIP, else the
+    /// first non-loopback interface address.
+    #[arg(long = "node-ip")]
+    pub node_ip: Vec<Ipv4Addr>,
+}
+
+/// What `--nodeport-addresses` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    Primary,
+    Cidrs(Vec<Ipv4Net>),
 }
 
 impl ProxyFlags {
@@ -30,8 +53,131 @@ impl ProxyFlags {
         self.hostname_override.clone().unwrap_or_else(crate::trace::default_node_name)
     }
 
-    /// Whether any flag this version accepts without acting on it was given.
-    pub fn has_unimplemented(&self) -> bool {
-        self.cluster_cidr.is_some() || self.masquerade_all || !self.nodeport_addresses.is_empty()
+    /// `--nodeport-addresses`, parsed (IPv6 CIDRs are another family's business: skipped).
+    pub fn nodeport_addresses(&self) -> Result<NodePortAddresses> {
+        let items: Vec<&str> = self.nodeport_addresses.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+        if items.is_empty() || items == ["primary"] {
+            return Ok(NodePortAddresses::Primary);
+        }
+        let mut cidrs = Vec::new();
+        for item in items {
+            if item == "primary" {
+                bail!("--nodeport-addresses: `primary` cannot be combined with CIDRs");
+            }
+            match item.parse::<ipnet::IpNet>() {
+                Ok(ipnet::IpNet::V4(n)) => cidrs.push(n),
+                Ok(ipnet::IpNet::V6(_)) => {}
+                Err(_) => bail!("--nodeport-addresses: {item:?} is neither a CIDR nor `primary`"),
+            }
+        }
+        Ok(NodePortAddresses::Cidrs(cidrs))
+    }
+
+    /// This node's network facts from the flags, the Node object's primary address and the
+    /// addresses of the node's interfaces (pure; the agent reads the interfaces, the trace
+    /// uses `--node-ip`).
+    pub fn node_net(&self, node_object_ip: Option<Ipv4Addr>, interface_ips: &[Ipv4Addr]) -> Result<NodeNet> {
+        let primary = self
+            .node_ip
+            .first()
+            .copied()
+            .or(node_object_ip)
+            .or_else(|| interface_ips.iter().copied().find(|ip| !ip.is_loopback()));
+        let mut local_ips: Vec<Ipv4Addr> = self.node_ip.iter().chain(primary.iter()).chain(interface_ips).copied().collect();
+        local_ips.sort();
+        local_ips.dedup();
+        let nodeport_ips = match self.nodeport_addresses()? {
+            NodePortAddresses::Primary => primary.into_iter().filter(|ip| !ip.is_loopback()).collect(),
+            NodePortAddresses::Cidrs(cidrs) => {
+                local_ips.iter().copied().filter(|ip| !ip.is_loopback() && cidrs.iter().any(|c| c.contains(ip))).collect()
+            }
+        };
+        Ok(NodeNet {
+            nodeport_ips,
+            local_ips,
+            cluster_cidrs: self.cluster_cidr.iter().map(|n| n.trunc()).collect(),
+            masquerade_all: self.masquerade_all,
+            snat_ip: primary,
+        })
+    }
+}
+
+/// The IPv4 addresses of this network namespace's interfaces.
+pub fn interface_ips() -> Vec<Ipv4Addr> {
+    if_addrs::get_if_addrs()
+        .map(|list| {
+            list.into_iter()
+                .filter_map(|i| match i.ip() {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The InternalIP (else the first IPv4 address) of a Node object.
+pub fn node_object_ip(node: &k8s_openapi::api::core::v1::Node) -> Option<Ipv4Addr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    let v4 = |t: Option<&str>| {
+        addrs.iter().filter(|a| t.is_none_or(|t| a.type_ == t)).find_map(|a| a.address.parse::<Ipv4Addr>().ok())
+    };
+    v4(Some("InternalIP")).or_else(|| v4(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(nodeport: &[&str], node_ip: &[&str]) -> ProxyFlags {
+        ProxyFlags {
+            nodeport_addresses: nodeport.iter().map(|s| s.to_string()).collect(),
+            node_ip: node_ip.iter().map(|s| s.parse().unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+    fn ips(list: &[&str]) -> Vec<Ipv4Addr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// kube-proxy's TestNodePorts variants (D3): primary by default, CIDRs select interface
+    /// addresses, loopback never.
+    #[test]
+    fn nodeport_addresses_resolve_like_kube_proxys_nftables_mode() {
+        let ifs = ips(&["127.0.0.1", "192.168.0.2", "192.168.1.2", "10.0.0.1"]);
+        let cases: [(&[&str], &[&str], Option<&str>, &[&str]); 6] = [
+            (&[], &[], Some("192.168.0.2"), &["192.168.0.2"]),
+            (&["primary"], &["192.168.1.2"], Some("192.168.0.2"), &["192.168.1.2"]),
+            (&["192.168.0.0/24"], &[], None, &["192.168.0.2"]),
+            (&["192.168.0.0/16"], &[], None, &["192.168.0.2", "192.168.1.2"]),
+            (&["127.0.0.0/8", "192.168.1.0/24"], &[], None, &["192.168.1.2"]),
+            (&["0.0.0.0/0", "2001:db8::/64"], &[], None, &["10.0.0.1", "192.168.0.2", "192.168.1.2"]),
+        ];
+        for (np, node_ip, object_ip, want) in cases {
+            let net = flags(np, node_ip).node_net(object_ip.map(|s| s.parse().unwrap()), &ifs).unwrap();
+            assert_eq!(net.nodeport_ips, ips(want), "{np:?} {node_ip:?}");
+        }
+    }
+
+    #[test]
+    fn primary_is_the_flag_then_the_node_object_then_an_interface() {
+        let ifs = ips(&["127.0.0.1", "10.1.1.1"]);
+        assert_eq!(
+            flags(&[], &["192.168.9.9"]).node_net(Some("192.168.0.2".parse().unwrap()), &ifs).unwrap().snat_ip,
+            Some("192.168.9.9".parse().unwrap())
+        );
+        assert_eq!(
+            flags(&[], &[]).node_net(Some("192.168.0.2".parse().unwrap()), &ifs).unwrap().snat_ip,
+            Some("192.168.0.2".parse().unwrap())
+        );
+        let net = flags(&[], &[]).node_net(None, &ifs).unwrap();
+        assert_eq!(net.snat_ip, Some("10.1.1.1".parse().unwrap()));
+        assert_eq!(net.local_ips, ips(&["10.1.1.1", "127.0.0.1"]));
+    }
+
+    #[test]
+    fn bad_nodeport_addresses_are_errors() {
+        assert!(flags(&["primary", "10.0.0.0/8"], &[]).nodeport_addresses().is_err());
+        assert!(flags(&["eth0"], &[]).nodeport_addresses().is_err());
     }
 }

@@ -97,3 +97,16 @@ pub fn summarize(frame: &[u8]) -> Result<FrameSummary> {
     };
     Ok(FrameSummary { src, dst, sport, dport, ip_checksum_ok, l4_checksum_ok })
 }
+
+/// Whether a frame is an ICMP destination-unreachable / port-unreachable with valid IPv4 and
+/// ICMP checksums (what a REJECT sends).
+pub fn is_port_unreachable(frame: &[u8]) -> bool {
+    let Ok(sliced) = SlicedPacket::from_ethernet(frame) else { return false };
+    let Some(NetSlice::Ipv4(ip)) = &sliced.net else { return false };
+    let hdr = ip.header().to_header();
+    if hdr.calc_header_checksum() != hdr.header_checksum || hdr.protocol.0 != 1 {
+        return false;
+    }
+    let icmp = ip.payload().payload;
+    icmp.len() >= 8 && icmp[0] == 3 && icmp[1] == 3 && lb_common::csum::checksum(icmp, 0) == 0
+}

@@ -26,6 +26,7 @@ use lb_userspace::{
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 
@@ -450,19 +451,40 @@ fn endpoint_changes_terminating_and_removed_backends() {
     h.apply(&[("10.244.1.11", false, true, true)]);
     let (_, out) = h.run(&tcp(CLIENT, 32000, VIP, 80, true));
     assert_eq!(summarize(&out).unwrap().dst, "10.244.1.11".parse::<Ipv4Addr>().unwrap());
-    // Not serving: never used for new flows; the service has no endpoint: dropped.
+    // Not serving: never used for new flows; the service has no usable endpoint: REJECT.
     h.apply(&[("10.244.1.11", false, false, true)]);
-    let (rc, _) = h.run(&tcp(CLIENT, 32001, VIP, 80, true));
-    assert_eq!(rc, TC_ACT_SHOT);
+    let (rc, out) = h.run(&tcp(CLIENT, 32001, VIP, 80, true));
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert!(packet::is_port_unreachable(&out));
 }
 
+/// SEMANTICS E1: a new connection to a service without usable endpoints gets an ICMP port
+/// unreachable, sent back out of the interface it came in on (TC_ACT_REDIRECT), quoting the
+/// packet, with valid checksums; TCP and UDP alike.
 #[test]
-fn service_without_endpoints_drops_new_connections() {
-    if !require_root("service_without_endpoints_drops_new_connections") {
+fn service_without_endpoints_rejects_new_connections_with_icmp_port_unreachable() {
+    if !require_root("service_without_endpoints_rejects_new_connections_with_icmp_port_unreachable") {
         return;
     }
     let mut h = Harness::new(&THREE);
-    let (rc, _) = h.run(&tcp(CLIENT, 1000, "10.96.0.20".parse().unwrap(), 80, true));
-    assert_eq!(rc, TC_ACT_SHOT);
-    assert_eq!(h.counter(Counter::DropNoEndpoint), 1);
+    let empty: Ipv4Addr = "10.96.0.20".parse().unwrap();
+    let syn = tcp(CLIENT, 1000, empty, 80, true);
+    let (rc, out) = h.run(&syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), 14 + 56, "Ethernet + IPv4 + ICMP + quoted header and 8 bytes");
+    assert_eq!(&out[..6], &syn[6..12], "back to the sender's MAC");
+    assert_eq!(&out[6..12], &syn[..6]);
+    let ip = Ipv4Header::from_slice(&out[14..]).unwrap().0;
+    assert_eq!(ip.source, empty.octets(), "from the address the client connected to");
+    assert_eq!(ip.destination, CLIENT.octets());
+    assert_eq!(ip.protocol, IpNumber::ICMP);
+    assert_eq!(ip.calc_header_checksum(), ip.header_checksum);
+    assert!(packet::is_port_unreachable(&out), "type 3 code 3, ICMP checksum valid");
+    assert_eq!(&out[14 + 28..], &syn[14..14 + 28], "quotes the IP header and the ports");
+    assert_eq!(h.counter(Counter::RejectNoEndpoint), 1);
+
+    // UDP to a TCP-only service port is not a frontend: untouched.
+    let (rc, out) = h.run(&udp(CLIENT, 1001, empty, 80));
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(summarize(&out).unwrap().dst, empty);
 }

@@ -22,8 +22,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_userspace::{
     config::ProxyFlags,
+    config::{interface_ips, node_object_ip},
     dataplane::{
-        attach::{watch_links, Attacher, InterfaceSelector},
+        attach::{watch_links, Attacher, InterfaceSelector, Placement},
         inspect::datapath_snapshot,
         load_object_from,
         pin::PinDir,
@@ -58,10 +59,15 @@ struct Args {
     #[arg(long, conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
 
-    /// Interfaces to attach the pod-facing program to: names or glob patterns, comma
+    /// Pod-facing interfaces (tc ingress + egress programs): names or glob patterns, comma
     /// separated (`veth*,eth1`). Matching interfaces that appear later are attached too.
     #[arg(long, value_delimiter = ',', default_value = "veth*")]
     interfaces: Vec<String>,
+
+    /// Uplinks carrying external traffic (XDP program, native mode where the driver has it,
+    /// generic otherwise; plus the tc egress program): names or glob patterns.
+    #[arg(long, value_delimiter = ',')]
+    xdp_interfaces: Vec<String>,
 
     #[command(flatten)]
     proxy: ProxyFlags,
@@ -135,6 +141,7 @@ const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// Translation + writer + what the metrics need between syncs.
 struct Pipeline {
     node_name: String,
+    proxy: ProxyFlags,
     writer: Writer,
     translator: Translator,
     health: Arc<HealthState>,
@@ -151,13 +158,25 @@ impl Pipeline {
         if let Some(n) = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str())) {
             self.health.set_node_eligible(HealthState::node_eligible_from(n));
         }
+        let node_obj = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
+        let node_net = match self.proxy.node_net(node_obj.and_then(node_object_ip), &interface_ips()) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("node addresses: {e:#}");
+                return false;
+            }
+        };
+        if full {
+            self.writer.invalidate();
+        }
+        if let Err(e) = self.writer.set_node(&node_net) {
+            warn!("programming the node's addresses: {e:#}");
+            return false;
+        }
         let translation = self.translator.translate(objects, &node, &TranslateOptions::default());
         let (desired, object_errors) = (translation.desired, translation.errors);
         for e in &object_errors {
             warn!("skipped: {e}");
-        }
-        if full {
-            self.writer.invalidate();
         }
         let report = self.writer.apply(&desired);
         let elapsed = started.elapsed();
@@ -289,11 +308,10 @@ async fn run(args: Args) -> Result<()> {
             bail!("--manifests {}: no such file or directory", m.display());
         }
     }
-    let selector = InterfaceSelector::parse(&args.interfaces)?;
+    let selector =
+        Placement { pods: InterfaceSelector::parse(&args.interfaces)?, uplinks: InterfaceSelector::parse(&args.xdp_interfaces)? };
     let node_name = args.proxy.node_name();
-    if args.proxy.has_unimplemented() {
-        info!("--cluster-cidr/--masquerade-all/--nodeport-addresses are accepted but not acted on yet");
-    }
+    args.proxy.nodeport_addresses()?;
     let healthz = bind_address(&args.healthz_bind_address, "healthz-bind-address")?;
     let metrics_addr = bind_address(&args.metrics_bind_address, "metrics-bind-address")?;
 
@@ -317,7 +335,7 @@ async fn run(args: Args) -> Result<()> {
         tcp_established_timeout: secs(args.conntrack_tcp_timeout_established),
         tcp_closing_timeout: secs(args.conntrack_tcp_timeout_close),
         udp_timeout: secs(args.conntrack_udp_timeout),
-        flags: 0,
+        ..lb_common::Config::DEFAULT
     };
     let (writer, adopted) = Writer::adopt(maps, args.capacity.max_table_size, args.capacity.max_service_ports, config)?;
     info!(node = %node_name, bpffs = %pins.versioned().display(), adopted = %adopted, "datapath loaded, maps pinned");
@@ -347,6 +365,7 @@ async fn run(args: Args) -> Result<()> {
 
     let mut pipeline = Pipeline {
         node_name,
+        proxy: args.proxy.clone(),
         writer,
         translator: Translator::default(),
         health: health.clone(),

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{
-    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, scope, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceKey,
+    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceKey,
     ServiceValue,
 };
 use lb_userspace::{
@@ -74,9 +74,6 @@ struct TraceArgs {
     manifests: PathBuf,
     #[command(flatten)]
     proxy: ProxyFlags,
-    /// A node address (repeatable). Accepted; host-path tracing comes with NodePort support.
-    #[arg(long = "node-ip")]
-    node_ip: Vec<Ipv4Addr>,
     /// tcp, udp or sctp.
     #[arg(long, value_parser = parse_proto)]
     proto: Protocol,
@@ -277,7 +274,10 @@ fn services(pins: &PinDir) -> Result<Vec<ServiceRow>> {
         }
         let mut table_size = 0;
         let mut active = BTreeMap::new();
-        if let Ok(inner) = maglev.get(&v.table, 0) {
+        // The table of the frontend's policy (for an eTP=Local frontend: the one external
+        // clients use).
+        let table = if v.flags & svc_flags::POLICY_LOCAL != 0 { v.local_table } else { v.cluster_table };
+        if let Ok(inner) = maglev.get(&table, 0) {
             let arr: Array<MapData, [u32; 2]> = Array::try_from(Map::from_map_data(inner)?)?;
             let words: Vec<u32> = arr.iter().filter_map(|r| r.ok()).flatten().collect();
             if let Some((m, rest)) = words.split_first() {
@@ -288,20 +288,24 @@ fn services(pins: &PinDir) -> Result<Vec<ServiceRow>> {
                 }
             }
         }
-        let flags =
-            [(svc_flags::NO_ENDPOINTS, "no-endpoints"), (svc_flags::LOCAL_TABLE, "local"), (svc_flags::AFFINITY, "affinity")]
-                .into_iter()
-                .filter(|(b, _)| v.flags & b != 0)
-                .map(|(_, n)| n)
-                .collect();
+        let flags = [
+            (svc_flags::NO_ENDPOINTS, "no-endpoints"),
+            (svc_flags::POLICY_LOCAL, "local"),
+            (svc_flags::AFFINITY, "affinity"),
+            (svc_flags::SOURCE_RANGES, "source-ranges"),
+        ]
+        .into_iter()
+        .filter(|(b, _)| v.flags & b != 0)
+        .map(|(_, n)| n)
+        .collect();
         rows.push(ServiceRow {
             frontend: endpoint(k.addr, k.port),
             protocol: proto_name(k.proto),
-            scope: if k.scope == scope::CLUSTER_IP { "ClusterIP" } else { "External" },
+            scope: if v.flags & svc_flags::EXTERNAL == 0 { "ClusterIP" } else { "External" },
             id: v.id,
             service: names_by_id.get(&v.id).cloned().unwrap_or_default(),
             flags,
-            table: v.table,
+            table,
             table_size,
             active_backends: active,
             backends: all_backends
@@ -412,6 +416,7 @@ fn stats(pins: &PinDir) -> Result<Vec<StatRow>> {
 #[derive(Serialize)]
 struct AttachmentRow {
     interface: String,
+    hook: &'static str,
     link_id: u32,
     program_id: u32,
     program_tag: String,
@@ -420,11 +425,12 @@ struct AttachmentRow {
 
 impl Rows for AttachmentRow {
     fn header() -> Vec<&'static str> {
-        vec!["INTERFACE", "LINK", "PROGRAM", "TAG", "NAME"]
+        vec!["INTERFACE", "HOOK", "LINK", "PROGRAM", "TAG", "NAME"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
             self.interface.clone(),
+            self.hook.to_string(),
             self.link_id.to_string(),
             self.program_id.to_string(),
             self.program_tag.clone(),
@@ -442,29 +448,27 @@ fn attachments(pins: &PinDir) -> Result<Vec<AttachmentRow>> {
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if file.starts_with("new-") {
-            continue;
-        }
+        let Some((hook, interface)) = lb_userspace::dataplane::attach::Hook::from_pin_name(&file) else { continue };
         let link = FdLink::from(PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?);
         let info = link.info()?;
         let prog = programs.get(&info.program_id());
         rows.push(AttachmentRow {
-            interface: file.replace("%2e", ".").replace("%25", "%"),
+            interface,
+            hook: hook.describe(),
             link_id: info.id(),
             program_id: info.program_id(),
             program_tag: prog.map(|p| format!("{:016x}", p.tag())).unwrap_or_default(),
             program_name: prog.and_then(|p| p.name_as_str().map(str::to_string)).unwrap_or_default(),
         });
     }
-    rows.sort_by(|a, b| a.interface.cmp(&b.interface));
+    rows.sort_by(|a, b| (&a.interface, a.hook).cmp(&(&b.interface, b.hook)));
     Ok(rows)
 }
 
 fn trace_cmd(t: TraceArgs) -> Result<()> {
     let req = TraceRequest {
         manifests: t.manifests,
-        node_name: t.proxy.node_name(),
-        node_ips: t.node_ip,
+        proxy: t.proxy,
         proto: t.proto,
         src: t.src,
         dst: t.dst,

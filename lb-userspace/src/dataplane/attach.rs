@@ -1,8 +1,8 @@
-//! Attaching the pod-facing tc program to the configured interfaces, following interfaces as
-//! they come and go (netlink link notifications), and keeping the attachments alive across
-//! agent restarts.
+//! Attaching the programs to the configured interfaces (see [`Placement`]), following
+//! interfaces as they come and go (netlink link notifications), and keeping the attachments
+//! alive across agent restarts.
 //!
-//! Each attachment is a TCX bpf_link pinned at `<bpffs>/links/<interface>`: while the pin
+//! Each attachment is a bpf_link (TCX or XDP) pinned at `<bpffs>/links/<hook prefix><interface>`: while the pin
 //! exists the program stays attached, whether or not an agent runs. A starting agent finds the
 //! pin and swaps its freshly loaded program into the existing link (`bpf_link_update`, atomic:
 //! no packet is ever without a program), so restarts and upgrades are hitless.
@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
@@ -70,21 +71,124 @@ fn pin_name(interface: &str) -> String {
     interface.replace('%', "%25").replace('.', "%2e")
 }
 
-/// Loads the pod-facing program into the kernel (once).
-pub fn load_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    let prog: &mut SchedClassifier =
-        ebpf.program_mut(names::PROG_POD_INGRESS).context("program lb_pod_ingress missing")?.try_into()?;
+/// Where a program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// `lb_pod_ingress` on tc ingress of pod-facing interfaces.
+    PodIngress,
+    /// `lb_host_egress` on tc egress of every managed interface and `lo`.
+    HostEgress,
+    /// `lb_uplink` as XDP on uplinks.
+    Uplink,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::PodIngress, Hook::HostEgress, Hook::Uplink];
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::PodIngress => names::PROG_POD_INGRESS,
+            Hook::HostEgress => names::PROG_HOST_EGRESS,
+            Hook::Uplink => names::PROG_UPLINK,
+        }
+    }
+
+    /// The pin file name of this hook on `interface` (the pod-facing ingress keeps the bare
+    /// interface name it has had since the first layout).
+    pub fn pin_name(self, interface: &str) -> String {
+        match self {
+            Hook::PodIngress => pin_name(interface),
+            Hook::HostEgress => format!("egress-{}", pin_name(interface)),
+            Hook::Uplink => format!("xdp-{}", pin_name(interface)),
+        }
+    }
+
+    /// The hook and interface a pin file name stands for.
+    pub fn from_pin_name(file: &str) -> Option<(Hook, String)> {
+        if file.starts_with("new-") {
+            return None;
+        }
+        let unescape = |s: &str| s.replace("%2e", ".").replace("%25", "%");
+        Some(if let Some(i) = file.strip_prefix("egress-") {
+            (Hook::HostEgress, unescape(i))
+        } else if let Some(i) = file.strip_prefix("xdp-") {
+            (Hook::Uplink, unescape(i))
+        } else {
+            (Hook::PodIngress, unescape(file))
+        })
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hook::PodIngress => "tcx ingress",
+            Hook::HostEgress => "tcx egress",
+            Hook::Uplink => "xdp",
+        }
+    }
+}
+
+/// Loads one tc program into the kernel (once).
+pub fn load_tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let prog: &mut SchedClassifier = ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
     if prog.fd().is_err() {
-        prog.load().context("loading lb_pod_ingress (verifier)")?;
+        prog.load().with_context(|| format!("loading {name} (verifier)"))?;
     }
     Ok(prog)
 }
 
-/// The interfaces the program is attached to, as pinned links.
+/// Loads the pod-facing program into the kernel (once).
+pub fn load_pod_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    load_tc_program(ebpf, names::PROG_POD_INGRESS)
+}
+
+/// Loads the uplink XDP program into the kernel (once).
+pub fn load_xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog: &mut Xdp = ebpf.program_mut(names::PROG_UPLINK).context("program lb_uplink missing")?.try_into()?;
+    if prog.fd().is_err() {
+        prog.load().context("loading lb_uplink (verifier)")?;
+    }
+    Ok(prog)
+}
+
+/// Which interfaces get which programs.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Pod-facing interfaces (`--interfaces`): pod ingress + host egress.
+    pub pods: InterfaceSelector,
+    /// Uplinks (`--xdp-interfaces`): XDP + host egress.
+    pub uplinks: InterfaceSelector,
+}
+
+impl Placement {
+    /// The (interface, hook) pairs wanted among `present` interfaces; `lo` always gets the
+    /// host egress program (the node's connections to its own addresses: NodePorts, local LB
+    /// IPs) when anything is attached.
+    pub fn wanted(&self, present: &[(String, u32)]) -> BTreeMap<(String, Hook), u32> {
+        let mut out = BTreeMap::new();
+        for (name, idx) in present {
+            if self.pods.matches(name) {
+                out.insert((name.clone(), Hook::PodIngress), *idx);
+                out.insert((name.clone(), Hook::HostEgress), *idx);
+            }
+            if self.uplinks.matches(name) {
+                out.insert((name.clone(), Hook::Uplink), *idx);
+                out.insert((name.clone(), Hook::HostEgress), *idx);
+            }
+        }
+        if !out.is_empty() {
+            if let Some((name, idx)) = present.iter().find(|(n, _)| n == "lo") {
+                out.insert((name.clone(), Hook::HostEgress), *idx);
+            }
+        }
+        out
+    }
+}
+
+/// The programs attached, as pinned links.
 pub struct Attacher {
     dir: PathBuf,
-    /// interface → ifindex it had when attached.
-    attached: BTreeMap<String, u32>,
+    /// (interface, hook) → ifindex it had when attached.
+    attached: BTreeMap<(String, Hook), u32>,
 }
 
 impl Attacher {
@@ -94,59 +198,62 @@ impl Attacher {
         Ok(Attacher { dir, attached: BTreeMap::new() })
     }
 
-    fn pin_path(&self, interface: &str) -> PathBuf {
-        self.dir.join(pin_name(interface))
+    fn pin_path(&self, interface: &str, hook: Hook) -> PathBuf {
+        self.dir.join(hook.pin_name(interface))
     }
 
-    /// Pins a link of ours at the interface's path, atomically replacing an older pin.
-    fn pin(&self, prog: &mut SchedClassifier, id: aya::programs::tc::SchedClassifierLinkId, interface: &str) -> Result<()> {
-        let link = prog.take_link(id)?;
-        let fd: FdLink = link.try_into().context("not a bpf_link (TCX needs Linux 6.6)")?;
-        let tmp = self.dir.join(format!("new-{}", pin_name(interface)));
+    /// Pins a link at the hook's path, atomically replacing an older pin.
+    fn pin(&self, fd: FdLink, interface: &str, hook: Hook) -> Result<()> {
+        let tmp = self.dir.join(format!("new-{}", hook.pin_name(interface)));
         let _ = std::fs::remove_file(&tmp);
         fd.pin(&tmp).with_context(|| format!("pinning the link of {interface}"))?;
-        std::fs::rename(&tmp, self.pin_path(interface)).with_context(|| format!("replacing the pinned link of {interface}"))?;
+        std::fs::rename(&tmp, self.pin_path(interface, hook))
+            .with_context(|| format!("replacing the pinned link of {interface}"))?;
         Ok(())
     }
 
-    /// Attaches to every matching interface not yet attached (taking over links pinned by an
-    /// earlier agent), and forgets vanished interfaces.
-    pub fn reconcile(&mut self, ebpf: &mut Ebpf, selector: &InterfaceSelector) -> Result<()> {
-        let prog = load_pod_program(ebpf)?;
-        let present: BTreeMap<String, u32> = interfaces().into_iter().filter(|(n, _)| selector.matches(n)).collect();
-
-        let stale: Vec<String> =
-            self.attached.iter().filter(|(n, idx)| present.get(*n) != Some(idx)).map(|(n, _)| n.clone()).collect();
-        for name in stale {
+    /// Attaches to every wanted (interface, hook) not yet attached (taking over links pinned
+    /// by an earlier agent), and forgets vanished interfaces.
+    pub fn reconcile(&mut self, ebpf: &mut Ebpf, placement: &Placement) -> Result<()> {
+        let wanted = placement.wanted(&interfaces());
+        let stale: Vec<(String, Hook)> =
+            self.attached.iter().filter(|(k, idx)| wanted.get(*k) != Some(idx)).map(|(k, _)| k.clone()).collect();
+        for (name, hook) in stale {
             // The interface is gone or was replaced: the kernel detached its link.
-            self.attached.remove(&name);
-            let _ = std::fs::remove_file(self.pin_path(&name));
-            info!(interface = %name, "interface gone, forgotten");
+            self.attached.remove(&(name.clone(), hook));
+            let _ = std::fs::remove_file(self.pin_path(&name, hook));
+            info!(interface = %name, hook = hook.describe(), "interface gone, forgotten");
         }
-
-        for (name, idx) in present {
-            if self.attached.contains_key(&name) {
+        for ((name, hook), idx) in wanted {
+            if self.attached.contains_key(&(name.clone(), hook)) {
                 continue;
             }
-            match self.attach_one(prog, &name) {
+            let result = match hook {
+                Hook::PodIngress => self.attach_tc(ebpf, &name, hook, TcAttachType::Ingress),
+                Hook::HostEgress => self.attach_tc(ebpf, &name, hook, TcAttachType::Egress),
+                Hook::Uplink => self.attach_xdp(ebpf, &name),
+            };
+            match result {
                 Ok(how) => {
-                    info!(interface = %name, ifindex = idx, "{how} lb_pod_ingress (tcx ingress)");
-                    self.attached.insert(name, idx);
+                    info!(interface = %name, ifindex = idx, "{how} {} ({})", hook.program(), hook.describe());
+                    self.attached.insert((name, hook), idx);
                 }
-                Err(e) => warn!(interface = %name, "attach failed: {e:#}"),
+                Err(e) => warn!(interface = %name, hook = hook.describe(), "attach failed: {e:#}"),
             }
         }
         Ok(())
     }
 
-    fn attach_one(&self, prog: &mut SchedClassifier, name: &str) -> Result<&'static str> {
-        let path = self.pin_path(name);
+    fn attach_tc(&self, ebpf: &mut Ebpf, name: &str, hook: Hook, kind: TcAttachType) -> Result<&'static str> {
+        let prog = load_tc_program(ebpf, hook.program())?;
+        let path = self.pin_path(name, hook);
         if let Ok(old) = PinnedLink::from_pin(&path) {
             // An earlier agent's link: swap our program in atomically.
             let link = FdLink::from(old).try_into().context("pinned link is not a tc link")?;
             match prog.attach_to_link(link) {
                 Ok(id) => {
-                    self.pin(prog, id, name)?;
+                    let fd: FdLink = prog.take_link(id)?.try_into().context("not a bpf_link")?;
+                    self.pin(fd, name, hook)?;
                     return Ok("took over the pinned link and swapped in");
                 }
                 // A link of a deleted interface (defunct): replace it with a fresh attachment.
@@ -156,19 +263,50 @@ impl Attacher {
                 }
             }
         }
-        let id = prog.attach(name, TcAttachType::Ingress)?;
-        self.pin(prog, id, name)?;
+        let id = prog.attach(name, kind)?;
+        let fd: FdLink = prog.take_link(id)?.try_into().context("not a bpf_link (TCX needs Linux 6.6)")?;
+        self.pin(fd, name, hook)?;
         Ok("attached")
     }
 
-    pub fn attached(&self) -> impl Iterator<Item = &str> {
-        self.attached.keys().map(String::as_str)
+    /// XDP in native (driver) mode where the driver has it, generic otherwise.
+    fn attach_xdp(&self, ebpf: &mut Ebpf, name: &str) -> Result<&'static str> {
+        let prog = load_xdp_program(ebpf)?;
+        let path = self.pin_path(name, Hook::Uplink);
+        if let Ok(old) = PinnedLink::from_pin(&path) {
+            let link = XdpLink::try_from(FdLink::from(old)).context("pinned link is not an XDP link")?;
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    let fd: FdLink = prog.take_link(id)?.try_into().context("not a bpf_link")?;
+                    self.pin(fd, name, Hook::Uplink)?;
+                    return Ok("took over the pinned link and swapped in");
+                }
+                Err(e) => {
+                    warn!(interface = %name, "pinned XDP link unusable ({e}); attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let (id, how) = match prog.attach(name, XdpMode::Driver) {
+            Ok(id) => (id, "attached (native)"),
+            Err(e) => {
+                info!(interface = %name, "native XDP unavailable ({e}); using generic XDP");
+                (prog.attach(name, XdpMode::Skb)?, "attached (generic)")
+            }
+        };
+        let fd: FdLink = prog.take_link(id)?.try_into().context("XDP attachment is not a bpf_link")?;
+        self.pin(fd, name, Hook::Uplink)?;
+        Ok(how)
     }
 
-    /// Detaches from every interface (unpinning the links releases them).
+    pub fn attached(&self) -> impl Iterator<Item = (&str, Hook)> {
+        self.attached.keys().map(|(n, h)| (n.as_str(), *h))
+    }
+
+    /// Detaches everything (unpinning the links releases them).
     pub fn detach_all(&mut self) {
-        for name in std::mem::take(&mut self.attached).into_keys() {
-            if let Err(e) = std::fs::remove_file(self.pin_path(&name)) {
+        for (name, hook) in std::mem::take(&mut self.attached).into_keys() {
+            if let Err(e) = std::fs::remove_file(self.pin_path(&name, hook)) {
                 warn!(interface = %name, "unpinning: {e}");
             }
         }
@@ -209,5 +347,40 @@ mod tests {
         assert_eq!(super::pin_name("veth1"), "veth1");
         assert_eq!(super::pin_name("eth0.100"), "eth0%2e100");
         assert_eq!(super::pin_name("a%b"), "a%25b");
+    }
+
+    #[test]
+    fn hooks_round_trip_through_pin_names() {
+        use super::Hook;
+        for hook in Hook::ALL {
+            for ifname in ["eth0", "eth0.100", "veth-x", "lbh0"] {
+                assert_eq!(Hook::from_pin_name(&hook.pin_name(ifname)), Some((hook, ifname.to_string())), "{hook:?} {ifname}");
+            }
+        }
+        assert_eq!(Hook::from_pin_name("new-eth0"), None);
+    }
+
+    #[test]
+    fn placement_puts_egress_everywhere_and_lo_once() {
+        use super::{Hook, InterfaceSelector, Placement};
+        let p = Placement {
+            pods: InterfaceSelector::parse(&["veth*".into()]).unwrap(),
+            uplinks: InterfaceSelector::parse(&["eth0".into()]).unwrap(),
+        };
+        let present = vec![("lo".to_string(), 1), ("eth0".to_string(), 2), ("veth1".to_string(), 3), ("other".to_string(), 4)];
+        let wanted: Vec<(String, Hook)> = p.wanted(&present).into_keys().collect();
+        let s = |n: &str, h| (n.to_string(), h);
+        assert_eq!(
+            wanted,
+            vec![
+                s("eth0", Hook::HostEgress),
+                s("eth0", Hook::Uplink),
+                s("lo", Hook::HostEgress),
+                s("veth1", Hook::PodIngress),
+                s("veth1", Hook::HostEgress)
+            ]
+        );
+        let none = Placement { pods: InterfaceSelector::parse(&[]).unwrap(), uplinks: InterfaceSelector::parse(&[]).unwrap() };
+        assert!(none.wanted(&present).is_empty());
     }
 }

@@ -8,7 +8,7 @@ pub mod writer;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Array, ArrayOfMaps, HashMap, Map, MapData},
+    maps::{lpm_trie::LpmTrie, Array, ArrayOfMaps, HashMap, Map, MapData},
     Ebpf, EbpfLoader,
 };
 use lb_common::{Backend, Config, ServiceKey, ServiceValue};
@@ -24,11 +24,20 @@ pub mod names {
     pub const CT: &str = "LB_CT";
     pub const CONFIG: &str = "LB_CONFIG";
     pub const STATS: &str = "LB_STATS";
+    pub const AFFINITY: &str = "LB_AFFINITY";
+    pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
+    pub const LOCAL_CIDRS: &str = "LB_LOCAL_CIDRS";
+    pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
     /// Created by the agent (not in the object): service-port id → "ns/name:port/PROTO".
     pub const NAMES: &str = "LB_NAMES";
-    pub const ALL_OBJECT_MAPS: [&str; 6] = [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS];
-    /// The tc program for pod-facing interfaces.
+    pub const ALL_OBJECT_MAPS: [&str; 10] =
+        [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS, AFFINITY, SOURCE_RANGES, LOCAL_CIDRS, NODE_ADDRS];
+    /// The tc program for pod-facing interfaces (ingress).
     pub const PROG_POD_INGRESS: &str = "lb_pod_ingress";
+    /// The tc program for the node's own traffic (egress).
+    pub const PROG_HOST_EGRESS: &str = "lb_host_egress";
+    /// The XDP program for uplinks.
+    pub const PROG_UPLINK: &str = "lb_uplink";
 }
 
 /// Capacities (map sizes) with their defaults; all are agent flags.
@@ -50,6 +59,12 @@ pub struct Capacity {
     /// is the smallest listed prime > 100 × its backends, capped here).
     #[arg(long, default_value_t = lb_common::maglev::DEFAULT_MAX_TABLE_SIZE)]
     pub max_table_size: u32,
+    /// sessionAffinity entries (one per client address and service port).
+    #[arg(long, default_value_t = lb_common::DEFAULT_AFFINITY_ENTRIES)]
+    pub affinity_entries: u32,
+    /// loadBalancerSourceRanges entries (summed over service ports).
+    #[arg(long, default_value_t = lb_common::DEFAULT_SOURCE_RANGES)]
+    pub source_ranges: u32,
 }
 
 impl Default for Capacity {
@@ -60,6 +75,8 @@ impl Default for Capacity {
             max_backends: lb_common::DEFAULT_MAX_BACKENDS,
             conntrack_entries: lb_common::DEFAULT_CT_ENTRIES,
             max_table_size: lb_common::maglev::DEFAULT_MAX_TABLE_SIZE,
+            affinity_entries: lb_common::DEFAULT_AFFINITY_ENTRIES,
+            source_ranges: lb_common::DEFAULT_SOURCE_RANGES,
         }
     }
 }
@@ -88,7 +105,9 @@ pub fn load_object_from(file: Option<&std::path::Path>, cap: &Capacity, pins: Op
         .map_max_entries(names::SERVICES, cap.max_frontends)
         .map_max_entries(names::BACKENDS, cap.max_backends)
         .map_max_entries(names::MAGLEV, cap.max_service_ports.saturating_mul(2).saturating_add(2))
-        .map_max_entries(names::CT, cap.conntrack_entries);
+        .map_max_entries(names::CT, cap.conntrack_entries)
+        .map_max_entries(names::AFFINITY, cap.affinity_entries)
+        .map_max_entries(names::SOURCE_RANGES, cap.source_ranges);
     match file {
         Some(f) => loader.load_file(f).with_context(|| format!("loading the eBPF object {}", f.display())),
         None => loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root, with bpffs and BTF?)"),
@@ -102,6 +121,9 @@ pub struct MapSet {
     pub maglev: ArrayOfMaps<MapData, MapData>,
     pub config: Array<MapData, Config>,
     pub names: HashMap<MapData, u32, [u8; NAME_LEN]>,
+    pub source_ranges: LpmTrie<MapData, [u8; 8], u8>,
+    pub local_cidrs: LpmTrie<MapData, [u8; 4], u8>,
+    pub node_addrs: HashMap<MapData, u32, u8>,
     /// Duplicated descriptors of every map of the object and of LB_NAMES, for accounting
     /// (fdinfo memlock) after the typed handles above took the originals.
     pub fds: std::collections::BTreeMap<&'static str, std::os::fd::OwnedFd>,
@@ -111,7 +133,7 @@ pub struct MapSet {
 fn dup_fd(map: &Map) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::AsFd;
     let data = match map {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::ArrayOfMaps(d) | Map::PerCpuArray(d) => d,
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) | Map::ArrayOfMaps(d) | Map::PerCpuArray(d) | Map::LpmTrie(d) => d,
         _ => return None,
     };
     data.fd().as_fd().try_clone_to_owned().ok()
@@ -165,6 +187,9 @@ impl MapSet {
             maglev: ArrayOfMaps::try_from(take(ebpf, names::MAGLEV)?)?,
             config: Array::try_from(take(ebpf, names::CONFIG)?)?,
             names: HashMap::try_from(Map::from_map_data(names_data)?)?,
+            source_ranges: LpmTrie::try_from(take(ebpf, names::SOURCE_RANGES)?)?,
+            local_cidrs: LpmTrie::try_from(take(ebpf, names::LOCAL_CIDRS)?)?,
+            node_addrs: HashMap::try_from(take(ebpf, names::NODE_ADDRS)?)?,
         })
     }
 }

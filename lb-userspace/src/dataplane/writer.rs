@@ -16,11 +16,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
 use lb_common::{
-    backend_flags,
+    backend_flags, config_flags, ip_to_map,
     maglev::{build_table, table_size, MaglevBackend},
-    port_to_map, scope, svc_flags, Backend, Config, ServiceKey, ServiceValue, BPF_F_INNER_MAP,
+    port_to_map, source_range_data, svc_flags, Backend, Config, ServiceKey, ServiceValue, BPF_F_INNER_MAP,
 };
 use tracing::{debug, warn};
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use super::{encode_name, sys, MapSet};
 use crate::model::{DesiredState, Endpoint, EndpointAddr, ServicePortName, ServicePortState};
@@ -56,6 +60,8 @@ struct Table {
 struct Programmed {
     id: u32,
     frontends: BTreeMap<ServiceKey, ServiceValue>,
+    /// `LB_SOURCE_RANGES` entries: (prefix length incl. the 32 id bits, key data).
+    source_ranges: BTreeSet<(u32, [u8; 8])>,
     backends: BTreeMap<EndpointAddr, (u32, u8)>,
     cluster: Table,
     local: Table,
@@ -97,15 +103,21 @@ pub struct Writer {
     empty_table: MapData,
     /// Kernel-accounted memory of every installed Maglev table.
     table_bytes: u64,
+    node: NodeNet,
+    /// False until [`Writer::set_node`] wrote `node` (and again after an invalidate).
+    node_written: bool,
+    config: Config,
 }
 
-fn endpoint_flags(ep: &Endpoint) -> u8 {
+fn endpoint_flags(ep: &Endpoint, in_cluster: bool, in_local: bool) -> u8 {
     let mut f = 0;
     for (on, bit) in [
         (ep.ready, backend_flags::READY),
         (ep.serving, backend_flags::SERVING),
         (ep.terminating, backend_flags::TERMINATING),
         (ep.local, backend_flags::LOCAL),
+        (in_cluster, backend_flags::IN_CLUSTER_SET),
+        (in_local, backend_flags::IN_LOCAL_SET),
     ] {
         if on {
             f |= bit;
@@ -124,25 +136,78 @@ fn create_table(words: &[u32]) -> Result<(MapData, u64)> {
     Ok((map, bytes))
 }
 
-/// The frontends of a service port (this version: the ClusterIP) with their values.
-fn frontends(id: u32, st: &ServicePortState) -> BTreeMap<ServiceKey, ServiceValue> {
-    let mut flags = 0;
+/// This node's network facts the datapath needs besides the services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeNet {
+    /// Addresses NodePorts are served on (`--nodeport-addresses`, resolved).
+    pub nodeport_ips: Vec<Ipv4Addr>,
+    /// Every address of this node (sources from them are "the host", H3).
+    pub local_ips: Vec<Ipv4Addr>,
+    /// The local traffic detector's CIDRs (`--cluster-cidr`); empty: no detector.
+    pub cluster_cidrs: Vec<Ipv4Net>,
+    pub masquerade_all: bool,
+    /// The masquerade source address (the node's primary address).
+    pub snat_ip: Option<Ipv4Addr>,
+}
+
+/// The frontends of a service port with their values: the ClusterIP, a NodePort on every
+/// node-port address, every ExternalIP and every LoadBalancer ingress IP (SEMANTICS D1–D6).
+pub fn frontends(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeMap<ServiceKey, ServiceValue> {
+    let mut common = 0;
     if !st.has_any_endpoints {
-        flags |= svc_flags::NO_ENDPOINTS;
+        common |= svc_flags::NO_ENDPOINTS;
     }
-    let table = if st.internal_policy_local {
-        flags |= svc_flags::LOCAL_TABLE;
-        local_table(id)
-    } else {
-        cluster_table(id)
+    let affinity_timeout = st.affinity_timeout_seconds.unwrap_or(0);
+    if st.affinity_timeout_seconds.is_some() {
+        common |= svc_flags::AFFINITY;
+    }
+    let value = |flags: u32| ServiceValue {
+        id,
+        flags: common | flags,
+        cluster_table: cluster_table(id),
+        local_table: local_table(id),
+        affinity_timeout,
+        _pad: 0,
     };
-    let key = ServiceKey {
-        addr: lb_common::ip_to_map(st.cluster_ip.octets()),
-        port: port_to_map(st.port),
-        proto: st.protocol.number(),
-        scope: scope::CLUSTER_IP,
-    };
-    BTreeMap::from([(key, ServiceValue { id, flags, table, affinity_timeout: 0 })])
+    let proto = st.protocol.number();
+    let key = |ip: Ipv4Addr, port: u16| ServiceKey::new(ip_to_map(ip.octets()), port_to_map(port), proto);
+    let internal = if st.internal_policy_local { svc_flags::POLICY_LOCAL } else { 0 };
+    let external = svc_flags::EXTERNAL | if st.external_policy_local { svc_flags::POLICY_LOCAL } else { 0 };
+    let mut out = BTreeMap::new();
+    if let Some(np) = st.node_port {
+        for ip in &node.nodeport_ips {
+            out.insert(key(*ip, np), value(external));
+        }
+    }
+    for ip in &st.external_ips {
+        out.insert(key(*ip, st.port), value(external));
+    }
+    let ranges = if st.load_balancer_source_ranges.is_empty() { 0 } else { svc_flags::SOURCE_RANGES };
+    for ip in &st.load_balancer_ips {
+        out.insert(key(*ip, st.port), value(external | ranges));
+    }
+    // The ClusterIP last: it wins over an external frontend on the same address and port.
+    out.insert(key(st.cluster_ip, st.port), value(internal));
+    out
+}
+
+/// `LB_SOURCE_RANGES` entries of a service port (D7): its ranges, plus its LB IPs themselves
+/// when a range contains one of this node's addresses (kube-proxy lets a node reach an LB IP
+/// it holds).
+pub fn source_ranges(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeSet<(u32, [u8; 8])> {
+    if st.load_balancer_source_ranges.is_empty() || st.load_balancer_ips.is_empty() {
+        return BTreeSet::new();
+    }
+    let mut out: BTreeSet<(u32, [u8; 8])> = st
+        .load_balancer_source_ranges
+        .iter()
+        .map(|net| (32 + net.prefix_len() as u32, source_range_data(id, ip_to_map(net.network().octets()))))
+        .collect();
+    let node_inside = node.local_ips.iter().any(|ip| st.load_balancer_source_ranges.iter().any(|net| net.contains(ip)));
+    if node_inside {
+        out.extend(st.load_balancer_ips.iter().map(|ip| (64, source_range_data(id, ip_to_map(ip.octets())))));
+    }
+    out
 }
 
 /// Reads back [`ServicePortName`]'s display form: `ns/name:port/PROTO` (or `ns/name/PROTO`).
@@ -155,7 +220,7 @@ pub fn parse_service_port_name(text: &str) -> Option<ServicePortName> {
 }
 
 fn marker_of(key: &ServiceKey) -> ServiceKey {
-    ServiceKey { addr: key.addr, port: 0, proto: 0, scope: key.scope }
+    ServiceKey::marker(key.addr)
 }
 
 impl Writer {
@@ -177,6 +242,9 @@ impl Writer {
             applied: BTreeMap::new(),
             empty_table,
             table_bytes: 0,
+            node: NodeNet::default(),
+            node_written: false,
+            config,
         })
     }
 
@@ -197,6 +265,7 @@ impl Writer {
                         Programmed {
                             id,
                             frontends: BTreeMap::new(),
+                            source_ranges: BTreeSet::new(),
                             backends: BTreeMap::new(),
                             cluster: Table::default(),
                             local: Table::default(),
@@ -238,6 +307,20 @@ impl Writer {
                 let _ = w.maps.services.remove(&k);
             }
         }
+        let ranges: Vec<aya::maps::lpm_trie::Key<[u8; 8]>> = w.maps.source_ranges.keys().filter_map(|r| r.ok()).collect();
+        let by_numeric_id: BTreeMap<u32, ServicePortName> = by_id.clone();
+        for k in ranges {
+            let data = k.data();
+            let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            match by_numeric_id.get(&id).and_then(|n| w.programmed.get_mut(n)) {
+                Some(p) => {
+                    p.source_ranges.insert((k.prefix_len(), data));
+                }
+                None => {
+                    let _ = w.maps.source_ranges.remove(&k);
+                }
+            }
+        }
         let mut tables = 0;
         for p in w.programmed.values_mut() {
             for (table_id, local) in [(cluster_table(p.id), false), (local_table(p.id), true)] {
@@ -277,6 +360,8 @@ impl Writer {
             for b in p.backends.values_mut() {
                 b.1 = u8::MAX;
             }
+            // Rewritten whole at the next apply.
+            p.source_ranges.insert((0, [0; 8]));
             // An endpoint list no service port can have: every installed table is rebuilt (or
             // cleared, for a local table no longer needed).
             let never = BTreeSet::from([EndpointAddr { ip: std::net::Ipv4Addr::UNSPECIFIED, port: 0 }]);
@@ -286,6 +371,7 @@ impl Writer {
             }
         }
         self.rewrite_markers = true;
+        self.node_written = false;
         self.applied.clear();
     }
 
@@ -362,12 +448,14 @@ impl Writer {
                 continue;
             }
             let p = self.programmed.get(name).expect("phase 2 programmed it");
-            let mut want = frontends(p.id, st);
+            let mut want = frontends(p.id, st, &self.node);
             want.retain(|k, _| match owners.get(k) {
                 Some(other) => {
                     report.errors.push(format!(
                         "{name}: frontend {}:{}/{} is already used by {other}; skipped",
-                        st.cluster_ip, st.port, st.protocol
+                        std::net::Ipv4Addr::from(lb_common::ip_from_map(k.addr)),
+                        lb_common::port_from_map(k.port),
+                        st.protocol
                     ));
                     false
                 }
@@ -388,6 +476,14 @@ impl Writer {
             }
         }
         self.write_markers(&mut report);
+        for &(name, st) in &dirty {
+            if !failed.contains(name) {
+                if let Err(e) = self.write_source_ranges(name, st) {
+                    report.errors.push(format!("{name}: {e:#}"));
+                    failed.insert(name.clone());
+                }
+            }
+        }
 
         // 5. Backends no longer listed; removed service ports released.
         for &(name, st) in &dirty {
@@ -442,6 +538,7 @@ impl Writer {
             let p = Programmed {
                 id,
                 frontends: BTreeMap::new(),
+                source_ranges: BTreeSet::new(),
                 backends: BTreeMap::new(),
                 cluster: Table::default(),
                 local: Table::default(),
@@ -454,9 +551,11 @@ impl Writer {
         let svc_id = self.programmed[name].id;
         let proto = st.protocol.number();
         let mut changed = false;
+        let cluster: BTreeSet<EndpointAddr> = st.cluster_endpoints.iter().copied().collect();
+        let local: BTreeSet<EndpointAddr> = st.local_endpoints.iter().copied().collect();
         for ep in &st.endpoints {
             let addr = ep.addr();
-            let flags = endpoint_flags(ep);
+            let flags = endpoint_flags(ep, cluster.contains(&addr), local.contains(&addr));
             let existing = self.programmed[name].backends.get(&addr).copied();
             let id = match existing {
                 Some((_, f)) if f == flags => continue,
@@ -580,7 +679,14 @@ impl Writer {
     /// One address marker per frontend address in use.
     fn write_markers(&mut self, report: &mut SyncReport) {
         let markers: BTreeSet<ServiceKey> = self.programmed.values().flat_map(|p| p.frontends.keys().map(marker_of)).collect();
-        let value = ServiceValue { id: 0, flags: svc_flags::ADDRESS_MARKER, table: 0, affinity_timeout: 0 };
+        let value = ServiceValue {
+            id: 0,
+            flags: svc_flags::ADDRESS_MARKER,
+            cluster_table: 0,
+            local_table: 0,
+            affinity_timeout: 0,
+            _pad: 0,
+        };
         let missing: Vec<ServiceKey> = if std::mem::take(&mut self.rewrite_markers) {
             markers.iter().copied().collect()
         } else {
@@ -595,6 +701,64 @@ impl Writer {
             let _ = self.maps.services.remove(m);
         }
         self.markers = markers;
+    }
+
+    /// The source ranges of one service port.
+    fn write_source_ranges(&mut self, name: &ServicePortName, st: &ServicePortState) -> Result<()> {
+        let p = self.programmed.get_mut(name).expect("programmed");
+        let want = source_ranges(p.id, st, &self.node);
+        for (len, data) in want.difference(&p.source_ranges) {
+            let key = aya::maps::lpm_trie::Key::new(*len, *data);
+            self.maps.source_ranges.insert(&key, 1, 0).context("writing a loadBalancerSourceRanges entry")?;
+        }
+        for (len, data) in p.source_ranges.difference(&want) {
+            let _ = self.maps.source_ranges.remove(&aya::maps::lpm_trie::Key::new(*len, *data));
+        }
+        p.source_ranges = want;
+        Ok(())
+    }
+
+    /// Programs this node's addresses, detector CIDRs and masquerade settings. A change of
+    /// node-port addresses or node addresses re-derives every service port at the next apply.
+    pub fn set_node(&mut self, node: &NodeNet) -> Result<()> {
+        if *node == self.node && self.node_written {
+            return Ok(());
+        }
+        let mut config = self.config;
+        config.flags &= !(config_flags::MASQUERADE_ALL | config_flags::DETECT_LOCAL);
+        if node.masquerade_all {
+            config.flags |= config_flags::MASQUERADE_ALL;
+        }
+        if !node.cluster_cidrs.is_empty() {
+            config.flags |= config_flags::DETECT_LOCAL;
+        }
+        config.snat_addr = node.snat_ip.map_or(0, |ip| ip_to_map(ip.octets()));
+        let want_addrs: BTreeSet<u32> = node.local_ips.iter().map(|ip| ip_to_map(ip.octets())).collect();
+        let have_addrs: BTreeSet<u32> = self.maps.node_addrs.keys().filter_map(|r| r.ok()).collect();
+        for a in want_addrs.difference(&have_addrs) {
+            self.maps.node_addrs.insert(a, 1, 0).context("writing LB_NODE_ADDRS")?;
+        }
+        for a in have_addrs.difference(&want_addrs) {
+            let _ = self.maps.node_addrs.remove(a);
+        }
+        let want_cidrs: BTreeSet<(u32, [u8; 4])> =
+            node.cluster_cidrs.iter().map(|n| (n.prefix_len() as u32, n.network().octets())).collect();
+        let have_cidrs: BTreeSet<(u32, [u8; 4])> =
+            self.maps.local_cidrs.keys().filter_map(|r| r.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+        for (len, data) in want_cidrs.difference(&have_cidrs) {
+            self.maps.local_cidrs.insert(&aya::maps::lpm_trie::Key::new(*len, *data), 1, 0).context("writing LB_LOCAL_CIDRS")?;
+        }
+        for (len, data) in have_cidrs.difference(&want_cidrs) {
+            let _ = self.maps.local_cidrs.remove(&aya::maps::lpm_trie::Key::new(*len, *data));
+        }
+        self.maps.config.set(0, config, 0).context("writing LB_CONFIG")?;
+        self.config = config;
+        if node.nodeport_ips != self.node.nodeport_ips || node.local_ips != self.node.local_ips {
+            self.applied.clear();
+        }
+        self.node = node.clone();
+        self.node_written = true;
+        Ok(())
     }
 
     /// Phase 5 for one service port. Returns whether anything was deleted.
@@ -616,6 +780,9 @@ impl Writer {
     fn release(&mut self, name: &ServicePortName, report: &mut SyncReport) {
         let Some(p) = self.programmed.remove(name) else { return };
         self.table_bytes -= p.cluster.bytes + p.local.bytes;
+        for (len, data) in &p.source_ranges {
+            let _ = self.maps.source_ranges.remove(&aya::maps::lpm_trie::Key::new(*len, *data));
+        }
         for (id, _) in p.backends.values() {
             let _ = self.maps.backends.remove(id);
             self.backend_ids.remove(id);
