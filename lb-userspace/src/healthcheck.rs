@@ -308,3 +308,345 @@ impl HealthCheckServers {
         Ok(PortServer { served, addrs, _shutdown: shutdown })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::model::{translate, NodeInfo, TranslateOptions};
+
+    const NODE: &str = "node-a";
+
+    fn sv(name: &str, spec: &str) -> Service {
+        serde_yaml::from_str(&format!("{{metadata: {{namespace: ns1, name: {name}}}, spec: {spec}}}")).expect("Service YAML")
+    }
+
+    /// An IPv4 slice `ns1/<name>` of service `svc`.
+    fn sl(name: &str, svc: &str, ports: &str, endpoints: &str) -> EndpointSlice {
+        serde_yaml::from_str(&format!(
+            "{{metadata: {{namespace: ns1, name: {name}, labels: {{kubernetes.io/service-name: {svc}}}}}, \
+             addressType: IPv4, ports: {ports}, endpoints: {endpoints}}}"
+        ))
+        .expect("EndpointSlice YAML")
+    }
+
+    fn desired(svcs: &[Service], slices: &[EndpointSlice]) -> DesiredState {
+        let node = NodeInfo { name: NODE.into(), labels: BTreeMap::new() };
+        let (state, errors) = translate(svcs, slices, &node, &TranslateOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        state
+    }
+
+    fn hcs(namespace: &str, name: &str, local_endpoints: usize) -> HealthCheckService {
+        HealthCheckService { namespace: namespace.into(), name: name.into(), local_endpoints }
+    }
+
+    const LB_LOCAL: &str = "{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, healthCheckNodePort: 32000, \
+        ports: [{name: http, port: 80, nodePort: 30080}, {name: https, port: 443, nodePort: 30443}]}";
+    const TWO_PORTS: &str = "[{name: http, port: 8080}, {name: https, port: 8443}]";
+
+    #[test]
+    fn health_check_services_table() {
+        let ready_local = |ip: &str| format!("{{addresses: [{ip}], nodeName: {NODE}}}");
+        let cases: Vec<(&str, Vec<Service>, Vec<EndpointSlice>, Vec<(u16, HealthCheckService)>)> = vec![
+            ("no endpoints: the port is served with 0", vec![sv("lb", LB_LOCAL)], vec![], vec![(32000, hcs("ns1", "lb", 0))]),
+            (
+                "one local ready endpoint on both ports counts once",
+                vec![sv("lb", LB_LOCAL)],
+                vec![sl("lb-1", "lb", TWO_PORTS, &format!("[{}]", ready_local("10.0.1.1")))],
+                vec![(32000, hcs("ns1", "lb", 1))],
+            ),
+            (
+                "distinct IPs over all ports; the same IP in two slices (ports) counts once",
+                vec![sv("lb", LB_LOCAL)],
+                vec![
+                    sl("lb-1", "lb", "[{name: http, port: 8080}]", &format!("[{}, {}]", ready_local("10.0.1.1"), ready_local("10.0.1.2"))),
+                    sl("lb-2", "lb", "[{name: https, port: 8443}]", &format!("[{}, {}]", ready_local("10.0.1.1"), ready_local("10.0.1.3"))),
+                ],
+                vec![(32000, hcs("ns1", "lb", 3))],
+            ),
+            (
+                "remote and nodeName-less endpoints do not count",
+                vec![sv("lb", LB_LOCAL)],
+                vec![sl(
+                    "lb-1",
+                    "lb",
+                    TWO_PORTS,
+                    &format!("[{}, {{addresses: [10.0.2.1], nodeName: node-b}}, {{addresses: [10.0.2.2]}}]", ready_local("10.0.1.1")),
+                )],
+                vec![(32000, hcs("ns1", "lb", 1))],
+            ),
+            (
+                "remote only",
+                vec![sv("lb", LB_LOCAL)],
+                vec![sl("lb-1", "lb", TWO_PORTS, "[{addresses: [10.0.2.1], nodeName: node-b}]")],
+                vec![(32000, hcs("ns1", "lb", 0))],
+            ),
+            (
+                "terminating only (still serving): 0",
+                vec![sv("lb", LB_LOCAL)],
+                vec![sl(
+                    "lb-1",
+                    "lb",
+                    TWO_PORTS,
+                    &format!(
+                        "[{{addresses: [10.0.1.1], nodeName: {NODE}, conditions: {{ready: false, serving: true, terminating: true}}}}, \
+                          {{addresses: [10.0.1.2], nodeName: {NODE}, conditions: {{ready: false, serving: false, terminating: true}}}}]"
+                    ),
+                )],
+                vec![(32000, hcs("ns1", "lb", 0))],
+            ),
+            (
+                "terminating endpoints next to a ready one: only the ready one counts",
+                vec![sv("lb", LB_LOCAL)],
+                vec![sl(
+                    "lb-1",
+                    "lb",
+                    TWO_PORTS,
+                    &format!(
+                        "[{}, {{addresses: [10.0.1.2], nodeName: {NODE}, conditions: {{ready: false, serving: true, terminating: true}}}}]",
+                        ready_local("10.0.1.1")
+                    ),
+                )],
+                vec![(32000, hcs("ns1", "lb", 1))],
+            ),
+            (
+                "local but not ready (not terminating): 0",
+                vec![sv("lb", LB_LOCAL)],
+                vec![sl("lb-1", "lb", TWO_PORTS, &format!("[{{addresses: [10.0.1.1], nodeName: {NODE}, conditions: {{ready: false}}}}]"))],
+                vec![(32000, hcs("ns1", "lb", 0))],
+            ),
+            (
+                "not a LoadBalancer (NodePort with eTP=Local): no port",
+                vec![sv(
+                    "np",
+                    "{type: NodePort, clusterIP: 10.96.0.2, externalTrafficPolicy: Local, healthCheckNodePort: 32001, \
+                      ports: [{name: http, port: 80, nodePort: 30081}]}",
+                )],
+                vec![sl("np-1", "np", "[{name: http, port: 8080}]", &format!("[{}]", ready_local("10.0.1.1")))],
+                vec![],
+            ),
+            (
+                "LoadBalancer with eTP=Cluster: no port",
+                vec![sv(
+                    "lbc",
+                    "{type: LoadBalancer, clusterIP: 10.96.0.3, externalTrafficPolicy: Cluster, healthCheckNodePort: 32002, \
+                      ports: [{name: http, port: 80, nodePort: 30082}]}",
+                )],
+                vec![sl("lbc-1", "lbc", "[{name: http, port: 8080}]", &format!("[{}]", ready_local("10.0.1.1")))],
+                vec![],
+            ),
+            (
+                "ClusterIP service: no port",
+                vec![sv("c", "{clusterIP: 10.96.0.4, ports: [{name: http, port: 80}]}")],
+                vec![sl("c-1", "c", "[{name: http, port: 8080}]", &format!("[{}]", ready_local("10.0.1.1")))],
+                vec![],
+            ),
+            (
+                "two services, each with its own port and count; the same pod IP is counted per service",
+                vec![
+                    sv("lb", LB_LOCAL),
+                    sv(
+                        "lb2",
+                        "{type: LoadBalancer, clusterIP: 10.96.0.5, externalTrafficPolicy: Local, healthCheckNodePort: 32005, \
+                          ports: [{name: http, port: 80, nodePort: 30085}]}",
+                    ),
+                ],
+                vec![
+                    sl("lb-1", "lb", TWO_PORTS, &format!("[{}, {}]", ready_local("10.0.1.1"), ready_local("10.0.1.2"))),
+                    sl("lb2-1", "lb2", "[{name: http, port: 8080}]", &format!("[{}]", ready_local("10.0.1.1"))),
+                ],
+                vec![(32000, hcs("ns1", "lb", 2)), (32005, hcs("ns1", "lb2", 1))],
+            ),
+            (
+                "two services on the same port (manifests only): the first by name keeps it",
+                vec![sv("b", LB_LOCAL.replace("10.96.0.1", "10.96.0.6").as_str()), sv("a", LB_LOCAL)],
+                vec![sl("b-1", "b", TWO_PORTS, &format!("[{}]", ready_local("10.0.1.1")))],
+                vec![(32000, hcs("ns1", "a", 0))],
+            ),
+        ];
+        for (name, svcs, slices, want) in cases {
+            let got = health_check_services(&desired(&svcs, &slices));
+            assert_eq!(got, want.into_iter().collect::<BTreeMap<_, _>>(), "{name}");
+        }
+    }
+
+    fn header<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn response_table() {
+        // (local endpoints, proxy healthy, status)
+        for (n, healthy, status) in [(2, true, 200), (1, true, 200), (0, true, 503), (2, false, 503), (0, false, 503)] {
+            let r = health_check_response(&hcs("ns1", "web", n), healthy);
+            assert_eq!(r.status, status, "{n} {healthy}");
+            assert_eq!(header(&r.headers, "Content-Type"), Some("application/json"));
+            assert_eq!(header(&r.headers, "X-Content-Type-Options"), Some("nosniff"));
+            assert_eq!(header(&r.headers, "X-Load-Balancing-Endpoint-Weight"), Some(n.to_string().as_str()));
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"service": {"namespace": "ns1", "name": "web"}, "localEndpoints": n, "serviceProxyHealthy": healthy})
+            );
+        }
+        // kube-proxy's layout: tab-indented, in this key order, no trailing newline.
+        assert_eq!(
+            health_check_response(&hcs("ns1", "web", 2), true).body,
+            "{\n\t\"service\": {\n\t\t\"namespace\": \"ns1\",\n\t\t\"name\": \"web\"\n\t},\n\t\"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}"
+        );
+    }
+
+    #[test]
+    fn bind_addresses_from_flags() {
+        let flags = |v: &[&str]| ProxyFlags { nodeport_addresses: v.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(bind_addresses(&flags(&[])), Vec::<IpAddr>::new());
+        assert_eq!(bind_addresses(&flags(&["primary"])), Vec::<IpAddr>::new());
+        assert_eq!(bind_addresses(&flags(&["10.0.0.0/8"])), Vec::<IpAddr>::new());
+        assert_eq!(bind_addresses(&flags(&["192.168.1.5/32", "10.0.0.0/8"])), Vec::<IpAddr>::new());
+        assert_eq!(bind_addresses(&flags(&["192.168.1.5/32", "10.1.2.3", "10.1.2.3/32"])), vec![ip("10.1.2.3"), ip("192.168.1.5")]);
+        assert_eq!(bind_addresses(&flags(&["fd00::/64", "2001:db8::1", "10.1.2.3"])), vec![ip("10.1.2.3")]);
+        assert_eq!(bind_addresses(&flags(&["fd00::/64"])), Vec::<IpAddr>::new());
+        // An empty list binds 0.0.0.0.
+        let s = HealthCheckServers::new(Vec::new(), Arc::new(|| true));
+        assert_eq!(s.bind_addresses, vec![ip("0.0.0.0")]);
+    }
+
+    /// A port that was free a moment ago on 127.0.0.1.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Sends `request` (without the final blank line) and reads the whole response:
+    /// (status, lower-cased headers, body).
+    async fn send(stream: &mut tokio::net::TcpStream, request: &str) -> (u16, Vec<(String, String)>, String) {
+        stream.write_all(format!("{request}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers =
+            lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+        (status, headers, body.to_string())
+    }
+
+    async fn request(port: u16, method: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        send(&mut s, &format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}")).await
+    }
+
+    fn get<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Waits (up to 5 s) until nothing listens on `port` any more.
+    async fn assert_refused(port: u16) {
+        for _ in 0..100 {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("port {port} still accepts connections");
+    }
+
+    fn state(entries: &[(u16, HealthCheckService)]) -> BTreeMap<u16, HealthCheckService> {
+        entries.iter().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn servers_follow_the_syncs_over_tcp() {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let h = healthy.clone();
+        let mut servers = HealthCheckServers::new(vec!["127.0.0.1".parse().unwrap()], Arc::new(move || h.load(Ordering::SeqCst)));
+        let port = free_port();
+
+        // From a desired state, through the model.
+        let lb = LB_LOCAL.replace("32000", &port.to_string());
+        let d = desired(
+            &[sv("lb", &lb)],
+            &[sl("lb-1", "lb", TWO_PORTS, &format!("[{{addresses: [10.0.1.1], nodeName: {NODE}}}, {{addresses: [10.0.1.2], nodeName: {NODE}}}]"))],
+        );
+        servers.sync_desired(&d);
+        assert_eq!(servers.ports(), vec![port]);
+        assert_eq!(servers.local_addrs(port), vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+        for (method, path) in [("GET", "/"), ("GET", "/healthz"), ("POST", "/any/path?x=1"), ("PUT", "/")] {
+            let (status, headers, body) = request(port, method, path).await;
+            assert_eq!(status, 200, "{method} {path}: {body}");
+            assert_eq!(get(&headers, "content-type"), Some("application/json"));
+            assert_eq!(get(&headers, "x-content-type-options"), Some("nosniff"));
+            assert_eq!(get(&headers, "x-load-balancing-endpoint-weight"), Some("2"));
+            assert_eq!(body, health_check_response(&hcs("ns1", "lb", 2), true).body);
+        }
+
+        // A connection accepted before the update is answered after it with the new count: the
+        // listener was updated in place, not restarted.
+        let mut early = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        servers.sync(&state(&[(port, hcs("ns1", "lb", 1))]));
+        let (status, headers, _) = send(&mut early, &format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}")).await;
+        assert_eq!((status, get(&headers, "x-load-balancing-endpoint-weight")), (200, Some("1")));
+
+        // The proxy turns unhealthy: 503 with the count still reported.
+        healthy.store(false, Ordering::SeqCst);
+        let (status, headers, body) = request(port, "GET", "/").await;
+        assert_eq!((status, get(&headers, "x-load-balancing-endpoint-weight")), (503, Some("1")));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["serviceProxyHealthy"], false);
+        healthy.store(true, Ordering::SeqCst);
+
+        // No local ready endpoints left: 503.
+        servers.sync(&state(&[(port, hcs("ns1", "lb", 0))]));
+        let (status, headers, body) = request(port, "GET", "/").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(get(&headers, "x-load-balancing-endpoint-weight"), Some("0"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"service": {"namespace": "ns1", "name": "lb"}, "localEndpoints": 0, "serviceProxyHealthy": true})
+        );
+
+        // A port in use: logged, the other port still opens, and it is retried at the next sync.
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy_port = busy.local_addr().unwrap().port();
+        let both = state(&[(port, hcs("ns1", "lb", 0)), (busy_port, hcs("ns1", "other", 3))]);
+        servers.sync(&both);
+        assert_eq!(servers.ports(), vec![port]);
+        assert_eq!(request(port, "GET", "/").await.0, 503);
+        drop(busy);
+        servers.sync(&both);
+        let mut ports = vec![port, busy_port];
+        ports.sort();
+        assert_eq!(servers.ports(), ports);
+        let (status, headers, _) = request(busy_port, "GET", "/").await;
+        assert_eq!((status, get(&headers, "x-load-balancing-endpoint-weight")), (200, Some("3")));
+
+        // The service disappears: its port is closed, the other one stays.
+        servers.sync(&state(&[(busy_port, hcs("ns1", "other", 3))]));
+        assert_eq!(servers.ports(), vec![busy_port]);
+        assert_refused(port).await;
+        assert_eq!(request(busy_port, "GET", "/").await.0, 200);
+
+        // Everything gone (the desired state has no LoadBalancer service any more).
+        servers.sync_desired(&DesiredState::default());
+        assert!(servers.ports().is_empty());
+        assert_refused(busy_port).await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_manager_closes_the_ports() {
+        let mut servers = HealthCheckServers::new(vec!["127.0.0.1".parse().unwrap()], Arc::new(|| true));
+        let port = free_port();
+        servers.sync(&state(&[(port, hcs("ns1", "lb", 1))]));
+        assert_eq!(request(port, "HEAD", "/").await.0, 200);
+        drop(servers);
+        assert_refused(port).await;
+    }
+}
