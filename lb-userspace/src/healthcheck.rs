@@ -68,7 +68,10 @@ pub fn health_check_services(desired: &DesiredState) -> BTreeMap<u16, HealthChec
             );
             continue;
         }
-        out.insert(port, HealthCheckService { namespace: namespace.to_string(), name: name.to_string(), local_endpoints: ips.len() });
+        out.insert(
+            port,
+            HealthCheckService { namespace: namespace.to_string(), name: name.to_string(), local_endpoints: ips.len() },
+        );
     }
     out
 }
@@ -141,7 +144,10 @@ pub fn bind_addresses(flags: &ProxyFlags) -> Vec<IpAddr> {
             _ if entry.parse::<std::net::Ipv6Addr>().is_ok() => continue,
             _ => {
                 if entry != "primary" {
-                    info!(entry, "--nodeport-addresses: healthCheckNodePorts listen on 0.0.0.0 (node addresses are not resolved)");
+                    info!(
+                        entry,
+                        "--nodeport-addresses: healthCheckNodePorts listen on 0.0.0.0 (node addresses are not resolved)"
+                    );
                 }
                 return Vec::new();
             }
@@ -347,14 +353,18 @@ mod tests {
         HealthCheckService { namespace: namespace.into(), name: name.into(), local_endpoints }
     }
 
-    const LB_LOCAL: &str = "{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, healthCheckNodePort: 32000, \
+    const LB_LOCAL: &str =
+        "{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, healthCheckNodePort: 32000, \
         ports: [{name: http, port: 80, nodePort: 30080}, {name: https, port: 443, nodePort: 30443}]}";
     const TWO_PORTS: &str = "[{name: http, port: 8080}, {name: https, port: 8443}]";
+
+    /// (what, services, slices, expected ports).
+    type Case = (&'static str, Vec<Service>, Vec<EndpointSlice>, Vec<(u16, HealthCheckService)>);
 
     #[test]
     fn health_check_services_table() {
         let ready_local = |ip: &str| format!("{{addresses: [{ip}], nodeName: {NODE}}}");
-        let cases: Vec<(&str, Vec<Service>, Vec<EndpointSlice>, Vec<(u16, HealthCheckService)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("no endpoints: the port is served with 0", vec![sv("lb", LB_LOCAL)], vec![], vec![(32000, hcs("ns1", "lb", 0))]),
             (
                 "one local ready endpoint on both ports counts once",
@@ -505,13 +515,17 @@ mod tests {
 
     #[test]
     fn bind_addresses_from_flags() {
-        let flags = |v: &[&str]| ProxyFlags { nodeport_addresses: v.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let flags =
+            |v: &[&str]| ProxyFlags { nodeport_addresses: v.iter().map(|s| s.to_string()).collect(), ..Default::default() };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(bind_addresses(&flags(&[])), Vec::<IpAddr>::new());
         assert_eq!(bind_addresses(&flags(&["primary"])), Vec::<IpAddr>::new());
         assert_eq!(bind_addresses(&flags(&["10.0.0.0/8"])), Vec::<IpAddr>::new());
         assert_eq!(bind_addresses(&flags(&["192.168.1.5/32", "10.0.0.0/8"])), Vec::<IpAddr>::new());
-        assert_eq!(bind_addresses(&flags(&["192.168.1.5/32", "10.1.2.3", "10.1.2.3/32"])), vec![ip("10.1.2.3"), ip("192.168.1.5")]);
+        assert_eq!(
+            bind_addresses(&flags(&["192.168.1.5/32", "10.1.2.3", "10.1.2.3/32"])),
+            vec![ip("10.1.2.3"), ip("192.168.1.5")]
+        );
         assert_eq!(bind_addresses(&flags(&["fd00::/64", "2001:db8::1", "10.1.2.3"])), vec![ip("10.1.2.3")]);
         assert_eq!(bind_addresses(&flags(&["fd00::/64"])), Vec::<IpAddr>::new());
         // An empty list binds 0.0.0.0.
@@ -574,7 +588,12 @@ mod tests {
         let lb = LB_LOCAL.replace("32000", &port.to_string());
         let d = desired(
             &[sv("lb", &lb)],
-            &[sl("lb-1", "lb", TWO_PORTS, &format!("[{{addresses: [10.0.1.1], nodeName: {NODE}}}, {{addresses: [10.0.1.2], nodeName: {NODE}}}]"))],
+            &[sl(
+                "lb-1",
+                "lb",
+                TWO_PORTS,
+                &format!("[{{addresses: [10.0.1.1], nodeName: {NODE}}}, {{addresses: [10.0.1.2], nodeName: {NODE}}}]"),
+            )],
         );
         servers.sync_desired(&d);
         assert_eq!(servers.ports(), vec![port]);
