@@ -7,11 +7,13 @@
 //!   and pinning.
 //! - [`trace`]: runs the real programs on a crafted packet (BPF_PROG_TEST_RUN).
 //! - [`files`]: the manifest directory watcher.
+//! - [`healthcheck`]: the healthCheckNodePort HTTP servers (SEMANTICS J1).
 
 pub mod bench;
 pub mod config;
 pub mod dataplane;
 pub mod files;
+pub mod healthcheck;
 pub mod http;
 pub mod incremental;
 pub mod manifests;

@@ -32,6 +32,7 @@ use lb_userspace::{
         Capacity, MapSet,
     },
     files::FileSource,
+    healthcheck::{self, HealthCheckServers},
     http::{serve_health, serve_metrics, HealthState, Metrics},
     incremental::Translator,
     manifests::ObjectSet,
@@ -146,6 +147,8 @@ struct Pipeline {
     translator: Translator,
     health: Arc<HealthState>,
     metrics: Arc<Metrics>,
+    /// J1: the healthCheckNodePort servers, brought in step after each successful sync.
+    health_checks: HealthCheckServers,
     /// EndpointSlice (namespace/name) → the last change-trigger time already observed.
     trigger_times: HashMap<String, String>,
 }
@@ -188,6 +191,7 @@ impl Pipeline {
             // As kube-proxy: only a successful sync counts as an update.
             self.metrics.observe_sync(elapsed);
             self.health.updated();
+            self.health_checks.sync_desired(&desired);
         } else {
             self.metrics.inc_sync_errors();
         }
@@ -370,6 +374,7 @@ async fn run(args: Args) -> Result<()> {
         translator: Translator::default(),
         health: health.clone(),
         metrics,
+        health_checks: HealthCheckServers::with_health(healthcheck::bind_addresses(&args.proxy), health.clone()),
         trigger_times: HashMap::new(),
     };
     let mut scheduler = SyncScheduler::new(Instant::now(), args.min_sync_period, args.sync_period, args.sync_period);
