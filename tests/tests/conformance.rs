@@ -94,6 +94,12 @@ struct ObjKey {
     name: String,
 }
 
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 #[derive(Clone)]
 struct Packet {
     name: String,
@@ -336,7 +342,12 @@ fn parse_case(v: &Value, at: &str, errs: &mut Errors) -> Option<Case> {
     let mut masquerade_all = false;
     let mut nodeport_addresses = Vec::new();
     if let Some(c) = config {
-        check_keys(c, &["ipFamily", "detectLocal", "masqueradeAll", "nodePortAddresses", "serviceCIDRs", "features"], cfg_at, errs);
+        check_keys(
+            c,
+            &["ipFamily", "detectLocal", "masqueradeAll", "nodePortAddresses", "serviceCIDRs", "features"],
+            cfg_at,
+            errs,
+        );
         if let Some(f) = c.get("ipFamily") {
             if f != "IPv4" {
                 errs.push(cfg_at, format!("only ipFamily IPv4 is supported, got {f}"));
@@ -352,7 +363,10 @@ fn parse_case(v: &Value, at: &str, errs: &mut Errors) -> Option<Case> {
                 if let Some(a) = req_array(d, "cidrs", d_at, errs) {
                     let cidrs: Vec<String> = a.iter().filter_map(|c| c.as_str().map(str::to_string)).collect();
                     if cidrs.is_empty() || cidrs.len() != a.len() || !cidrs.iter().all(|c| is_ipv4_cidr(c)) {
-                        errs.push(d_at, format!("cidrs must be a non-empty array of IPv4 CIDRs, got {}", Value::Array(a.clone())));
+                        errs.push(
+                            d_at,
+                            format!("cidrs must be a non-empty array of IPv4 CIDRs, got {}", Value::Array(a.clone())),
+                        );
                     }
                     cluster_cidrs = Some(cidrs);
                 }
@@ -386,7 +400,7 @@ fn parse_case(v: &Value, at: &str, errs: &mut Errors) -> Option<Case> {
                 .filter_map(|(i, o)| {
                     let (k, v) = parse_object(o, &format!("{at}.objects[{i}]"), errs)?;
                     if !keys.insert(k.clone()) {
-                        errs.push(at, format!("duplicate object {k:?}"));
+                        errs.push(at, format!("duplicate object {k}"));
                     }
                     Some(v)
                 })
@@ -475,7 +489,10 @@ fn load_all() -> Result<Vec<CaseFile>, Vec<String>> {
     let mut ids = BTreeSet::new();
     for path in paths {
         let at = path.file_name().unwrap().to_string_lossy().into_owned();
-        let value: Value = match fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())) {
+        let value: Value = match fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+        {
             Ok(v) => v,
             Err(e) => {
                 errs.push(&at, format!("not valid JSON: {e}"));
@@ -493,7 +510,8 @@ fn load_all() -> Result<Vec<CaseFile>, Vec<String>> {
         if raw.is_empty() {
             errs.push(&at, "no cases");
         }
-        let cases: Vec<Case> = raw.iter().enumerate().filter_map(|(i, c)| parse_case(c, &format!("{at}[{i}]"), &mut errs)).collect();
+        let cases: Vec<Case> =
+            raw.iter().enumerate().filter_map(|(i, c)| parse_case(c, &format!("{at}[{i}]"), &mut errs)).collect();
         for c in &cases {
             if !ids.insert(c.id.clone()) {
                 errs.push(&at, format!("duplicate case id {:?}", c.id));
@@ -553,7 +571,8 @@ fn write_manifests(dir: &Path, case: &Case, objects: &BTreeMap<ObjKey, Value>) {
     fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     let write = |file: String, v: &Value| {
         let path = dir.join(file);
-        fs::write(&path, serde_json::to_string_pretty(v).unwrap() + "\n").unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        fs::write(&path, serde_json::to_string_pretty(v).unwrap() + "\n")
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     };
     write("000-node.json".into(), &node_object(case));
     for (i, (k, v)) in objects.iter().enumerate() {
@@ -600,7 +619,8 @@ fn run_lbctl(bin: &Path, args: &[String]) -> Result<Got, String> {
     if !out.status.success() {
         return Err(format!("lbctl exited with {}: {}", out.status, stderr.trim()));
     }
-    let v: Value = serde_json::from_str(stdout.trim()).map_err(|e| format!("lbctl output is not one JSON object ({e}): {stdout:?}"))?;
+    let v: Value =
+        serde_json::from_str(stdout.trim()).map_err(|e| format!("lbctl output is not one JSON object ({e}): {stdout:?}"))?;
     let verdict = v["verdict"].as_str().ok_or_else(|| format!("no \"verdict\" string in {v}"))?.to_string();
     let backends = v["backends"]
         .as_array()
@@ -657,27 +677,31 @@ fn run_case(bin: &Path, root: &Path, file: &CaseFile, index: usize, case: &Case,
     // written from the objects as they are at that point.
     let mut phases: Vec<(String, Vec<Packet>)> = Vec::new();
     let mut dirs: Vec<(PathBuf, BTreeMap<ObjKey, Value>)> = Vec::new();
-    phases.push(("initial objects".into(), case.packets.clone()));
+    phases.push((String::new(), case.packets.clone()));
     dirs.push((case_dir.join("step0"), objects.clone()));
     let mut applied = Vec::new();
     for (i, step) in case.steps.iter().enumerate() {
         match step {
             Step::Apply(objs) => {
                 for o in objs {
-                    applied.push(format!("apply {:?}", obj_key(o)));
+                    applied.push(format!("apply {}", obj_key(o)));
                     objects.insert(obj_key(o), o.clone());
                 }
             }
             Step::Delete(keys) => {
                 for k in keys {
-                    applied.push(format!("delete {k:?}"));
+                    applied.push(format!("delete {k}"));
                     if objects.remove(k).is_none() {
-                        tally.failed.push(format!("FAIL {} :: {} :: step {i}: delete of {k:?}: no such object", file.name(), case.id));
+                        tally.failed.push(format!(
+                            "FAIL {} :: {} :: step {i}: delete of {k}: no such object",
+                            file.name(),
+                            case.id
+                        ));
                     }
                 }
             }
             Step::Expect(p) => {
-                phases.push((format!("after step {i} ({})", applied.join(", ")), p.clone()));
+                phases.push((format!(" (after step {i}: {})", applied.join(", ")), p.clone()));
                 dirs.push((case_dir.join(format!("step{}", i + 1)), objects.clone()));
             }
         }
@@ -690,11 +714,18 @@ fn run_case(bin: &Path, root: &Path, file: &CaseFile, index: usize, case: &Case,
         for p in packets {
             let args = trace_args(case, dir, p);
             let line = shell_line(bin, &args);
-            let head = format!("{} :: {} :: {:?} ({phase})", file.name(), case.id, p.name);
+            let head = format!("{} :: {} :: {:?}{phase}", file.name(), case.id, p.name);
             let (ok, detail) = match run_lbctl(bin, &args) {
                 Ok(got) => {
                     let why = compare(&p.expect, &got);
-                    (why.is_empty(), format!("  expected: {}\n  got:      {got}\n{}", p.expect, why.iter().map(|w| format!("  why:      {w}\n")).collect::<String>()))
+                    (
+                        why.is_empty(),
+                        format!(
+                            "  expected: {}\n  got:      {got}\n{}",
+                            p.expect,
+                            why.iter().map(|w| format!("  why:      {w}\n")).collect::<String>()
+                        ),
+                    )
                 }
                 Err(e) => (false, format!("  expected: {}\n  error:    {e}\n", p.expect)),
             };
@@ -703,7 +734,7 @@ fn run_case(bin: &Path, root: &Path, file: &CaseFile, index: usize, case: &Case,
                 tally.known.push(format!("KNOWN {head}: {status}\n  reason:   {reason}\n  command:  {line}\n{detail}"));
             } else if ok {
                 tally.passed += 1;
-                tally.passed_ids.push(format!("{} :: {:?}", case.id, p.name));
+                tally.passed_ids.push(format!("{} :: {:?}{phase}", case.id, p.name));
             } else {
                 tally.failed.push(format!("FAIL {head}\n  command:  {line}\n{detail}"));
             }
@@ -713,7 +744,8 @@ fn run_case(bin: &Path, root: &Path, file: &CaseFile, index: usize, case: &Case,
 
 #[test]
 fn conformance_case_files_are_well_formed() {
-    let files = load_all().unwrap_or_else(|errs| panic!("malformed conformance cases ({} problems):\n{}", errs.len(), errs.join("\n")));
+    let files =
+        load_all().unwrap_or_else(|errs| panic!("malformed conformance cases ({} problems):\n{}", errs.len(), errs.join("\n")));
     let mut summary = String::new();
     for f in &files {
         let packets: usize = f
@@ -747,7 +779,10 @@ fn schema_check_rejects_malformed_cases() {
         assert!(errs.0.iter().any(|e| e.contains(needle)), "expected an error containing {needle:?}, got {:?}", errs.0);
     };
     bad(&|v| v["packets"][0]["expect"]["verdict"] = json!("ALLOW"), "verdict must be one of");
-    bad(&|v| v["packets"][0]["expect"] = json!({"verdict": "DROP", "backends": ["10.180.0.1:80"]}), "only allowed with verdict DNAT");
+    bad(
+        &|v| v["packets"][0]["expect"] = json!({"verdict": "DROP", "backends": ["10.180.0.1:80"]}),
+        "only allowed with verdict DNAT",
+    );
     bad(&|v| v["packets"][0]["expect"] = json!({"verdict": "DNAT"}), "DNAT needs \"backends\"");
     bad(&|v| v["packets"][0]["expect"]["backends"] = json!(["10.180.0.1"]), "ipv4:port");
     bad(&|v| v["packets"][0]["proto"] = json!("ICMP"), "proto must be");
@@ -756,7 +791,10 @@ fn schema_check_rejects_malformed_cases() {
     bad(&|v| v["packets"][0]["knowndifference"] = json!("typo"), "unknown field");
     bad(&|v| v.as_object_mut().unwrap().remove("node").map(|_| ()).unwrap(), "missing required field \"node\"");
     bad(&|v| v["config"]["detectLocal"] = json!({"mode": "ClusterCIDR", "cidrs": ["10.0.0.0/33"]}), "IPv4 CIDRs");
-    bad(&|v| v["objects"] = json!([{"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "a", "name": "b"}}]), "only v1 Service");
+    bad(
+        &|v| v["objects"] = json!([{"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "a", "name": "b"}}]),
+        "only v1 Service",
+    );
     bad(&|v| v["steps"] = json!([{"expect": [], "delete": []}]), "exactly one of");
     bad(&|v| v["packets"] = json!([]), "no packets");
 }
@@ -768,8 +806,16 @@ fn comparison_treats_backends_as_a_set() {
         backends: (v == "DNAT").then(|| b.iter().map(|s| s.to_string()).collect()),
         masq: m,
     };
-    let got = |v: &str, b: &[&str], m: bool| Got { verdict: v.into(), backends: b.iter().map(|s| s.to_string()).collect(), masquerade: m };
-    assert!(compare(&want("DNAT", &["1.1.1.1:80", "2.2.2.2:80"], Some(false)), &got("DNAT", &["2.2.2.2:80", "1.1.1.1:80"], false)).is_empty());
+    let got = |v: &str, b: &[&str], m: bool| Got {
+        verdict: v.into(),
+        backends: b.iter().map(|s| s.to_string()).collect(),
+        masquerade: m,
+    };
+    assert!(compare(
+        &want("DNAT", &["1.1.1.1:80", "2.2.2.2:80"], Some(false)),
+        &got("DNAT", &["2.2.2.2:80", "1.1.1.1:80"], false)
+    )
+    .is_empty());
     assert!(!compare(&want("DNAT", &["1.1.1.1:80", "2.2.2.2:80"], None), &got("DNAT", &["1.1.1.1:80"], true)).is_empty());
     assert!(!compare(&want("DNAT", &["1.1.1.1:80"], Some(true)), &got("DNAT", &["1.1.1.1:80"], false)).is_empty());
     assert!(compare(&want("PASS", &[], None), &got("PASS", &[], true)).is_empty());
@@ -808,7 +854,8 @@ fn conformance_kube_proxy_packet_flows() {
     for p in &tally.passed_ids {
         println!("ok   {p}");
     }
-    let summary = format!("conformance: {} passed, {} known differences, {} failed", tally.passed, tally.known.len(), tally.failed.len());
+    let summary =
+        format!("conformance: {} passed, {} known differences, {} failed", tally.passed, tally.known.len(), tally.failed.len());
     println!("{summary}");
     if tally.failed.is_empty() {
         let _ = fs::remove_dir_all(&root);
