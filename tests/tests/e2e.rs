@@ -374,7 +374,9 @@ fn keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it() {
             .unwrap();
     let status = env.agent.stop().unwrap();
     assert!(status.success());
-    assert!(bpffs.join("v1/LB_SERVICES").exists() && bpffs.join("links").read_dir().unwrap().count() == 2);
+    // Two pod-facing interfaces × (ingress, egress) + lo's egress.
+    let layout = format!("v{}/LB_SERVICES", lb_common::MAP_LAYOUT_VERSION);
+    assert!(bpffs.join(layout).exists() && bpffs.join("links").read_dir().unwrap().count() == 5);
     let r = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 10, T);
     assert_eq!(count_by_name(&r).0.get("backend-a"), Some(&10), "traffic flows with no agent: {r:?}");
 
@@ -485,16 +487,23 @@ fn upgrade_to_a_changed_program_under_load_drops_nothing() {
     let variant = build_variant_object();
     let mut env = Env::new("e9", 3, &[ready("backend-a"), ready("backend-b"), ready("backend-c")]);
     let client = env.client();
-    let programs = |env: &Env| -> BTreeSet<(u64, String)> {
+    // (program name, id, tag) of every attachment.
+    let programs = |env: &Env| -> BTreeSet<(String, u64, String)> {
         let rows = env.agent.lbctl_json(&["attachments"]).unwrap();
         rows.as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["program_id"].as_u64().unwrap(), r["program_tag"].as_str().unwrap().to_string()))
+            .map(|r| {
+                (
+                    r["program_name"].as_str().unwrap().to_string(),
+                    r["program_id"].as_u64().unwrap(),
+                    r["program_tag"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     };
     let before = programs(&env);
-    assert_eq!(before.len(), 1, "one program on every interface: {before:?}");
+    assert_eq!(before.len(), 2, "one pod-ingress and one host-egress program on every interface: {before:?}");
     let mut held = HeldTcp::open(&client, SocketAddrV4::new(VIP, 80), 30, T).unwrap();
     let names_before = held.names();
     let flows: Vec<UdpFlow> = (0..10).map(|_| UdpFlow::open(&client, SocketAddrV4::new(VIP, 53)).unwrap()).collect();
@@ -514,13 +523,16 @@ fn upgrade_to_a_changed_program_under_load_drops_nothing() {
     )
     .unwrap();
     let after = programs(&env);
-    assert_eq!(after.len(), 1, "{after:?}");
-    let (old, new) = (before.first().unwrap(), after.first().unwrap());
-    assert_ne!(old.0, new.0, "a new program instance is attached");
-    assert_ne!(old.1, new.1, "the attached program is the changed one (different tag)");
+    assert_eq!(after.len(), 2, "{after:?}");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.0, new.0);
+        assert_ne!(old.1, new.1, "a new program instance is attached");
+        assert_ne!(old.2, new.2, "the attached program is the changed one (different tag)");
+    }
+    let (old, new) = ((&before.first().unwrap().2), (&after.first().unwrap().2));
     load.wait_for_more("traffic through the upgraded datapath", 20);
     let served = load.finish();
-    println!("upgrade under load: program tag {} -> {}, {served} requests served, 0 failed", old.1, new.1);
+    println!("upgrade under load: program tag {old} -> {new}, {served} requests served, 0 failed");
     let now: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("established connection survived the upgrade")).collect();
     assert_eq!(now, names_before);
 }
