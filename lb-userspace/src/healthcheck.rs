@@ -25,7 +25,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::config::ProxyFlags;
 use crate::http::HealthState;
 use crate::model::DesiredState;
 
@@ -122,42 +121,6 @@ pub fn health_check_response(service: &HealthCheckService, proxy_healthy: bool) 
     }
 }
 
-/// The addresses the healthCheckNodePorts listen on, from `--nodeport-addresses` (an empty list
-/// means `0.0.0.0`, as kube-proxy when the flag is empty).
-///
-/// kube-proxy listens on the node's addresses that fall in the `--nodeport-addresses` CIDRs
-/// (`primary`: the node's primary IPs). This only takes what the flag alone says: plain IPv4
-/// addresses and `/32` CIDRs. If any IPv4 entry needs the node's addresses (`primary`, a wider
-/// CIDR), it returns an empty list (bind everything) rather than a partial one. IPv6 entries are
-/// ignored (the datapath is IPv4 only). The agent should pass the resolved node-port addresses
-/// once it resolves them for NodePorts.
-pub fn bind_addresses(flags: &ProxyFlags) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for entry in flags.nodeport_addresses.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if let Ok(ip) = entry.parse::<Ipv4Addr>() {
-            out.push(IpAddr::V4(ip));
-            continue;
-        }
-        match entry.parse::<ipnet::IpNet>() {
-            Ok(ipnet::IpNet::V6(_)) => continue,
-            Ok(ipnet::IpNet::V4(net)) if net.prefix_len() == 32 => out.push(IpAddr::V4(net.addr())),
-            _ if entry.parse::<std::net::Ipv6Addr>().is_ok() => continue,
-            _ => {
-                if entry != "primary" {
-                    info!(
-                        entry,
-                        "--nodeport-addresses: healthCheckNodePorts listen on 0.0.0.0 (node addresses are not resolved)"
-                    );
-                }
-                return Vec::new();
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// Reads the proxy's health (kube-proxy's `healthzServer.IsHealthy()`).
 pub type ProxyHealthy = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -228,6 +191,23 @@ impl HealthCheckServers {
     /// ignores node eligibility, as kube-proxy).
     pub fn with_health(bind_addresses: Vec<IpAddr>, health: Arc<HealthState>) -> HealthCheckServers {
         Self::new(bind_addresses, Arc::new(move || health.is_healthy()))
+    }
+
+    /// Changes the addresses to listen on (the agent passes the resolved node-port addresses
+    /// at every sync). On a change every port is closed and reopened by the next
+    /// [`HealthCheckServers::sync`].
+    pub fn set_bind_addresses(&mut self, bind_addresses: Vec<IpAddr>) {
+        let mut want = bind_addresses;
+        if want.is_empty() {
+            want.push(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        }
+        want.sort();
+        want.dedup();
+        if want != self.bind_addresses {
+            info!(addresses = ?want, "healthCheckNodePort addresses changed; reopening");
+            self.ports.clear();
+            self.bind_addresses = want;
+        }
     }
 
     /// The ports currently served.
@@ -511,26 +491,6 @@ mod tests {
             health_check_response(&hcs("ns1", "web", 2), true).body,
             "{\n\t\"service\": {\n\t\t\"namespace\": \"ns1\",\n\t\t\"name\": \"web\"\n\t},\n\t\"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}"
         );
-    }
-
-    #[test]
-    fn bind_addresses_from_flags() {
-        let flags =
-            |v: &[&str]| ProxyFlags { nodeport_addresses: v.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(bind_addresses(&flags(&[])), Vec::<IpAddr>::new());
-        assert_eq!(bind_addresses(&flags(&["primary"])), Vec::<IpAddr>::new());
-        assert_eq!(bind_addresses(&flags(&["10.0.0.0/8"])), Vec::<IpAddr>::new());
-        assert_eq!(bind_addresses(&flags(&["192.168.1.5/32", "10.0.0.0/8"])), Vec::<IpAddr>::new());
-        assert_eq!(
-            bind_addresses(&flags(&["192.168.1.5/32", "10.1.2.3", "10.1.2.3/32"])),
-            vec![ip("10.1.2.3"), ip("192.168.1.5")]
-        );
-        assert_eq!(bind_addresses(&flags(&["fd00::/64", "2001:db8::1", "10.1.2.3"])), vec![ip("10.1.2.3")]);
-        assert_eq!(bind_addresses(&flags(&["fd00::/64"])), Vec::<IpAddr>::new());
-        // An empty list binds 0.0.0.0.
-        let s = HealthCheckServers::new(Vec::new(), Arc::new(|| true));
-        assert_eq!(s.bind_addresses, vec![ip("0.0.0.0")]);
     }
 
     /// A port that was free a moment ago on 127.0.0.1.

@@ -32,7 +32,7 @@ use lb_userspace::{
         Capacity, MapSet,
     },
     files::FileSource,
-    healthcheck::{self, HealthCheckServers},
+    healthcheck::HealthCheckServers,
     http::{serve_health, serve_metrics, HealthState, Metrics},
     incremental::Translator,
     manifests::ObjectSet,
@@ -191,6 +191,7 @@ impl Pipeline {
             // As kube-proxy: only a successful sync counts as an update.
             self.metrics.observe_sync(elapsed);
             self.health.updated();
+            self.health_checks.set_bind_addresses(node_net.nodeport_ips.iter().map(|ip| (*ip).into()).collect());
             self.health_checks.sync_desired(&desired);
         } else {
             self.metrics.inc_sync_errors();
@@ -374,7 +375,7 @@ async fn run(args: Args) -> Result<()> {
         translator: Translator::default(),
         health: health.clone(),
         metrics,
-        health_checks: HealthCheckServers::with_health(healthcheck::bind_addresses(&args.proxy), health.clone()),
+        health_checks: HealthCheckServers::with_health(Vec::new(), health.clone()),
         trigger_times: HashMap::new(),
     };
     let mut scheduler = SyncScheduler::new(Instant::now(), args.min_sync_period, args.sync_period, args.sync_period);
