@@ -166,6 +166,8 @@ fn agent_flags_env_and_probes() {
     let args = c.args.as_deref().unwrap_or_default();
     assert_eq!(flag(args, "hostname-override"), Some("$(NODE_NAME)"));
     assert!(flag(args, "interfaces").is_some_and(|i| !i.is_empty()), "--interfaces");
+    assert!(flag(args, "xdp-interfaces").is_some_and(|i| !i.is_empty()), "--xdp-interfaces (external traffic)");
+    assert!(flag(args, "cluster-cidr").is_some_and(|c| c.parse::<ipnet::Ipv4Net>().is_ok()), "--cluster-cidr is a CIDR");
     assert_eq!(flag(args, "healthz-bind-address"), Some("0.0.0.0:10256"));
     assert_eq!(flag(args, "metrics-bind-address"), Some("127.0.0.1:10249"));
     assert!(flag(args, "manifests").is_none(), "the API server is the source in a cluster");
