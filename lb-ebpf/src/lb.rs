@@ -32,28 +32,18 @@ use crate::{
 pub enum Verdict {
     /// Let the packet continue (translated or not).
     Pass,
-    /// A service packet was translated: the host egress hook must route it again.
+    /// A service packet or a reply was translated (the host egress program routes it again).
     Translated,
     Drop,
     /// The frame was rewritten into an ICMP port unreachable for its sender.
     Reject,
 }
 
-/// Where the program runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// tc ingress of a pod-facing interface, and XDP on an uplink: traffic entering the node.
-    Ingress,
-    /// tc egress: traffic the node itself sends (host-originated connections to services, and
-    /// replies of host-network backends).
-    HostEgress,
-}
-
 /// How many masquerade ports a new flow tries before giving up.
 const SNAT_TRIES: u32 = 16;
 
 #[inline(always)]
-pub fn process<F: Frame>(f: &F, _hook: Hook) -> Verdict {
+pub fn process<F: Frame>(f: &F) -> Verdict {
     let pkt = match parse::parse(f) {
         Parsed::Ipv4(p) => p,
         Parsed::Other => return Verdict::Pass,

@@ -38,7 +38,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb::{Hook, Verdict};
+use lb::Verdict;
 
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
@@ -50,7 +50,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 /// replies from backends; REJECTs go back out of the interface they came in on.
 #[classifier]
 pub fn lb_pod_ingress(ctx: TcContext) -> i32 {
-    match lb::process(&ctx, Hook::Ingress) {
+    match lb::process(&ctx) {
         Verdict::Pass | Verdict::Translated => TC_ACT_OK as i32,
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Reject => {
@@ -67,7 +67,7 @@ pub fn lb_pod_ingress(ctx: TcContext) -> i32 {
 /// to the chosen backend; REJECTs are delivered back to the sending socket.
 #[classifier]
 pub fn lb_host_egress(ctx: TcContext) -> i32 {
-    match lb::process(&ctx, Hook::HostEgress) {
+    match lb::process(&ctx) {
         Verdict::Pass => TC_ACT_OK as i32,
         Verdict::Translated => route::redirect(&ctx),
         Verdict::Drop => TC_ACT_SHOT as i32,
@@ -85,7 +85,7 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
 /// ClusterIPs); replies from remote backends. REJECTs are transmitted back at once.
 #[xdp]
 pub fn lb_uplink(ctx: XdpContext) -> u32 {
-    match lb::process(&ctx, Hook::Ingress) {
+    match lb::process(&ctx) {
         Verdict::Pass | Verdict::Translated => XDP_PASS,
         Verdict::Drop => XDP_DROP,
         Verdict::Reject => {
