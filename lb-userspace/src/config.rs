@@ -145,7 +145,9 @@ mod tests {
     #[test]
     fn nodeport_addresses_resolve_like_kube_proxys_nftables_mode() {
         let ifs = ips(&["127.0.0.1", "192.168.0.2", "192.168.1.2", "10.0.0.1"]);
-        let cases: [(&[&str], &[&str], Option<&str>, &[&str]); 6] = [
+        // (--nodeport-addresses, --node-ip, the Node object's address, expected NodePort IPs)
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], Option<&'a str>, &'a [&'a str]);
+        let cases: [Case; 6] = [
             (&[], &[], Some("192.168.0.2"), &["192.168.0.2"]),
             (&["primary"], &["192.168.1.2"], Some("192.168.0.2"), &["192.168.1.2"]),
             (&["192.168.0.0/24"], &[], None, &["192.168.0.2"]),
