@@ -6,6 +6,7 @@
 //! agree on the bytes.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod crc32c;
 pub mod csum;
 pub mod hash;
 pub mod icmp;

@@ -3,10 +3,10 @@
 //! The IPv4 header checksum is updated with `lb_common::csum::update32` (RFC 1624); the TCP/UDP
 //! checksum through [`Frame::l4_csum_replace`] (the kernel helper on tc, RFC 1624 on XDP). UDP
 //! datagrams without a checksum (0) keep 0. SCTP's CRC32c does not cover the IP header, so an
-//! address rewrite leaves it valid; a port rewrite would need a CRC32c recompute (not done: see
-//! the README's known differences).
+//! address rewrite leaves it valid; a port rewrite updates it incrementally
+//! (`lb_common::crc32c`, constant work whatever the packet length).
 
-use lb_common::{csum, PROTO_TCP, PROTO_UDP};
+use lb_common::{crc32c, csum, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     frame::{load, store, Frame},
@@ -66,7 +66,21 @@ pub fn rewrite<F: Frame>(
         if let Some((check_off, udp)) = l4_check_off(pkt) {
             f.l4_csum_replace(check_off, old_port as u32, port as u32, 2, false, udp).map_err(|_| RewriteFailed)?;
         }
+        if pkt.proto == PROTO_SCTP {
+            sctp_port_crc(f, pkt, port_off - pkt.l4_off, old_port, port)?;
+        }
         store(f, port_off, port).map_err(|_| RewriteFailed)?;
     }
     Ok(())
+}
+
+/// Updates the SCTP CRC32c for a port that changes at `offset` in the SCTP packet.
+#[inline(always)]
+fn sctp_port_crc<F: Frame>(f: &F, pkt: &Ipv4Packet, offset: usize, old: u16, new: u16) -> Result<(), RewriteFailed> {
+    let crc_off = pkt.l4_off + 8;
+    let len = (pkt.tot_len as usize).saturating_sub(pkt.l4_off - ETH_HLEN) as u32;
+    let stored: [u8; 4] = load(f, crc_off).ok_or(RewriteFailed)?;
+    let delta = crc32c::two_byte_change(offset as u32, old.to_ne_bytes(), new.to_ne_bytes(), len);
+    let updated = u32::from_le_bytes(stored) ^ delta;
+    store(f, crc_off, updated.to_le_bytes()).map_err(|_| RewriteFailed)
 }

@@ -46,7 +46,7 @@ spec:
   ports:
   - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
   - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}
-  - {{name: sctp, port: 9, targetPort: 9, protocol: SCTP}}
+  - {{name: sctp, port: 9, targetPort: 9999, protocol: SCTP}}
 ---
 apiVersion: v1
 kind: Service
@@ -66,7 +66,7 @@ addressType: IPv4
 ports:
 - {{name: http, port: 8080, protocol: TCP}}
 - {{name: dns, port: 5353, protocol: UDP}}
-- {{name: sctp, port: 9, protocol: SCTP}}
+- {{name: sctp, port: 9999, protocol: SCTP}}
 endpoints:
 {eps}"#
     )
@@ -273,19 +273,34 @@ fn udp_checksums_including_zero_checksum() {
     assert!(r.l4_checksum_ok && r.ip_checksum_ok);
 }
 
+/// SCTP with a targetPort different from the port: the address rewrite leaves the CRC32c
+/// valid (it does not cover the IP header) and the port rewrite updates it incrementally, both
+/// ways, whatever the packet length (checked by recomputing it with the `crc` crate).
 #[test]
-fn sctp_address_rewrite_keeps_crc_valid() {
-    if !require_root("sctp_address_rewrite_keeps_crc_valid") {
+fn sctp_port_rewrite_keeps_crc32c_valid_both_ways() {
+    if !require_root("sctp_port_rewrite_keeps_crc32c_valid_both_ways") {
         return;
     }
     let mut h = Harness::new(&THREE);
-    let input = packet::build(Protocol::Sctp, CLIENT, 7000, VIP, 9, b"chunk");
-    let (rc, out) = h.run(&input);
-    assert_eq!(rc, TC_ACT_OK);
-    let s = summarize(&out).unwrap();
-    assert!(s.ip_checksum_ok && s.l4_checksum_ok, "CRC32c does not cover the IP header");
-    assert_eq!(s.dport, 9);
-    assert!(s.dst.octets()[..3] == [10, 244, 1]);
+    for (i, size) in [1usize, 5, 64, 1000, 1400].into_iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        let sport = 7000 + i as u16;
+        let input = packet::build(Protocol::Sctp, CLIENT, sport, VIP, 9, &payload);
+        assert!(summarize(&input).unwrap().l4_checksum_ok);
+        let (rc, out) = h.run(&input);
+        assert_eq!(rc, TC_ACT_OK);
+        let s = summarize(&out).unwrap();
+        assert!(s.ip_checksum_ok, "IPv4 checksum");
+        assert!(s.l4_checksum_ok, "CRC32c after the port rewrite ({size} bytes of payload)");
+        assert_eq!((s.sport, s.dport), (sport, 9999));
+        assert!(s.dst.octets()[..3] == [10, 244, 1]);
+
+        let reply = packet::build(Protocol::Sctp, s.dst, 9999, CLIENT, sport, &payload);
+        let (_, back) = h.run(&reply);
+        let r = summarize(&back).unwrap();
+        assert_eq!((r.src, r.sport), (VIP, 9), "reply restored");
+        assert!(r.l4_checksum_ok, "CRC32c after the reverse port rewrite");
+    }
 }
 
 #[test]
