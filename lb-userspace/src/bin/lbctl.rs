@@ -335,13 +335,15 @@ struct CtRow {
     service_port_id: u32,
     backend_id: u32,
     frontend: String,
+    /// Masqueraded flows: the source written (forward) or the client restored (reply).
+    masquerade: String,
     idle_seconds: f64,
     flags: Vec<&'static str>,
 }
 
 impl Rows for CtRow {
     fn header() -> Vec<&'static str> {
-        vec!["DIR", "PROTO", "SOURCE", "DESTINATION", "SVC-ID", "BACKEND", "FRONTEND", "IDLE(s)", "FLAGS"]
+        vec!["DIR", "PROTO", "SOURCE", "DESTINATION", "SVC-ID", "BACKEND", "FRONTEND", "MASQ", "IDLE(s)", "FLAGS"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -352,6 +354,7 @@ impl Rows for CtRow {
             self.service_port_id.to_string(),
             self.backend_id.to_string(),
             self.frontend.clone(),
+            if self.masquerade.is_empty() { "-".into() } else { self.masquerade.clone() },
             format!("{:.1}", self.idle_seconds),
             self.flags.join(","),
         ]
@@ -379,8 +382,13 @@ fn conntrack(pins: &PinDir) -> Result<Vec<CtRow>> {
             service_port_id: e.svc_id,
             backend_id: e.backend_id,
             frontend: endpoint(e.frontend_addr, e.frontend_port),
+            masquerade: if e.flags & ct_flags::SNAT != 0 { endpoint(e.nat_addr, e.nat_port) } else { String::new() },
             idle_seconds: now.saturating_sub(e.last_seen_ns) as f64 / 1e9,
-            flags: if e.flags & ct_flags::TCP_CLOSING != 0 { vec!["closing"] } else { vec![] },
+            flags: [(ct_flags::TCP_CLOSING, "closing"), (ct_flags::SNAT, "masquerade")]
+                .into_iter()
+                .filter(|(b, _)| e.flags & b != 0)
+                .map(|(_, n)| n)
+                .collect(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
