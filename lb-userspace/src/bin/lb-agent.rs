@@ -6,9 +6,10 @@
 //! the latest snapshot at most once per `--min-sync-period` (burst 2), retries failed syncs
 //! after `--sync-period`, and fully resyncs every `--sync-period` (K2): pure translation
 //! (`model::translate`, SEMANTICS.md) → single writer (`dataplane::writer`) → maps pinned under
-//! `--bpffs`. The tc program sits at ingress of every interface matching `--interfaces`,
-//! including interfaces created later. Health on `--healthz-bind-address`, Prometheus metrics on
-//! `--metrics-bind-address`, as kube-proxy.
+//! `--bpffs`. Programs (`dataplane::attach::Placement`): tc ingress + egress on every interface
+//! matching `--interfaces` (pods), XDP + tc egress on `--xdp-interfaces` (uplinks), tc egress on
+//! `lo`, including interfaces created later. Health on `--healthz-bind-address`, Prometheus
+//! metrics on `--metrics-bind-address`, healthCheckNodePort servers (J1), as kube-proxy.
 
 use std::{
     collections::HashMap,
