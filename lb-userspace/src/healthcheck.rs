@@ -302,7 +302,6 @@ mod tests {
 
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
     use crate::model::{translate, NodeInfo, TranslateOptions};
@@ -501,16 +500,7 @@ mod tests {
     /// Sends `request` (without the final blank line) and reads the whole response:
     /// (status, lower-cased headers, body).
     async fn send(stream: &mut tokio::net::TcpStream, request: &str) -> (u16, Vec<(String, String)>, String) {
-        stream.write_all(format!("{request}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        let raw = String::from_utf8(raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-        let headers =
-            lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
-        (status, headers, body.to_string())
+        crate::testutil::http_exchange(stream, request).await
     }
 
     async fn request(port: u16, method: &str, path: &str) -> (u16, Vec<(String, String)>, String) {

@@ -21,6 +21,8 @@ pub mod model;
 pub mod packet;
 pub mod source;
 pub mod sync;
+#[cfg(test)]
+mod testutil;
 pub mod trace;
 
 /// Installs the tracing subscriber (RUST_LOG, default `info`) writing to stderr.

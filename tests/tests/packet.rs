@@ -5,8 +5,7 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    maps::{HashMap, MapData},
     Ebpf,
 };
 use etherparse::{IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
@@ -16,6 +15,9 @@ use lb_common::{
     maglev::{build_table, table_size, MaglevBackend},
     port_to_map, Counter, CtEntry, CtKey,
 };
+mod common;
+
+use common::{counter, run_tc, tcp};
 use lb_tests::privileges::require_root;
 use lb_userspace::{
     dataplane::{attach::load_pod_program, load_object, names, writer::Writer, Capacity, MapSet},
@@ -114,33 +116,16 @@ impl Harness {
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self.ebpf.program_mut(names::PROG_POD_INGRESS).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 128];
-        let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_tc(&mut self.ebpf, names::PROG_POD_INGRESS, frame)
     }
 
     fn counter(&self, c: Counter) -> u64 {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(names::STATS).unwrap()).unwrap();
-        map.get(&(c as u32), 0).unwrap().iter().sum()
+        counter(&self.ebpf, c)
     }
 
     fn ct(&self) -> HashMap<&MapData, CtKey, CtEntry> {
         HashMap::try_from(self.ebpf.map(names::CT).unwrap()).unwrap()
     }
-}
-
-fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 7, 1000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, b"hello").unwrap();
-    out
 }
 
 fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {

@@ -6,12 +6,13 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    maps::{HashMap, MapData},
     Ebpf,
 };
-use etherparse::PacketBuilder;
 use lb_common::{ct_dir, ct_flags, ip_to_map, port_to_map, Counter, CtEntry, CtKey};
+mod common;
+
+use common::{counter, run_tc, run_xdp, tcp};
 use lb_tests::privileges::require_root;
 use lb_userspace::{
     config::ProxyFlags,
@@ -151,28 +152,15 @@ impl Harness {
     }
 
     fn xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self.ebpf.program_mut(names::PROG_UPLINK).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_xdp(&mut self.ebpf, names::PROG_UPLINK, frame)
     }
 
     fn tc(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        run_tc(&mut self.ebpf, prog, frame)
     }
 
     fn counter(&self, c: Counter) -> u64 {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(names::STATS).unwrap()).unwrap();
-        map.get(&(c as u32), 0).unwrap().iter().sum()
+        counter(&self.ebpf, c)
     }
 
     fn ct(&self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, dir: u8) -> Option<CtEntry> {
@@ -181,16 +169,6 @@ impl Harness {
             CtKey::new(ip_to_map(src.octets()), ip_to_map(dst.octets()), port_to_map(sport), port_to_map(dport), proto, dir);
         map.get(&key, 0).ok()
     }
-}
-
-fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 7, 1000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, b"hello").unwrap();
-    out
 }
 
 fn assert_valid(out: &[u8]) -> packet::FrameSummary {
