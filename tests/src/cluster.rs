@@ -199,6 +199,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sets `net.ipv4.conf.uplink.accept_local=1` on every node. A workaround, not part of the
+    /// topology: the XDP program masquerades external packets to the node's own address and
+    /// passes them to the kernel, whose input routing drops a packet arriving from outside with
+    /// a local source address ("martian source") unless `accept_local` is set.
+    pub fn accept_local_on_uplinks(&self) -> Result<()> {
+        for node in &self.nodes {
+            sysctl_in(node.netns(), &format!("net.ipv4.conf.{UPLINK}.accept_local"), "1")?;
+        }
+        Ok(())
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
     }
