@@ -199,13 +199,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets `net.ipv4.conf.uplink.accept_local=1` on every node. A workaround, not part of the
-    /// topology: the XDP program masquerades external packets to the node's own address and
-    /// passes them to the kernel, whose input routing drops a packet arriving from outside with
-    /// a local source address ("martian source") unless `accept_local` is set.
-    pub fn accept_local_on_uplinks(&self) -> Result<()> {
+    /// Sets `net.ipv4.conf.all.accept_local=1` on every node. A workaround, not part of the
+    /// topology: the datapath masquerades packets to the node's own address (external
+    /// eTP=Cluster traffic in XDP, hairpin traffic in the pods' tc program) and then hands them
+    /// to the kernel, whose input routing drops a packet arriving on an interface with a local
+    /// source address ("martian source") unless `accept_local` is set.
+    pub fn accept_local_sources(&self) -> Result<()> {
         for node in &self.nodes {
-            sysctl_in(node.netns(), &format!("net.ipv4.conf.{UPLINK}.accept_local"), "1")?;
+            sysctl_in(node.netns(), "net.ipv4.conf.all.accept_local", "1")?;
         }
         Ok(())
     }

@@ -217,7 +217,7 @@ fn nodeport_cluster_policy_reaches_a_remote_backend_with_accept_local() {
         return;
     }
     let c = setup("x8");
-    c.accept_local_on_uplinks().unwrap();
+    c.accept_local_sources().unwrap();
     check_remote_backend_masqueraded(&c);
 }
 
@@ -237,53 +237,89 @@ fn check_remote_backend_masqueraded(c: &Cluster) {
     assert_eq!(parse(&answer), ("b1".to_string(), NODE1.to_string()));
 }
 
+/// Scenario 2. KNOWN DATAPATH BUG (fails): the reply of the local backend is reverse-NATed by
+/// the pod's tc program to come from node1's address, then handed to the kernel, which drops it
+/// as a martian source on the pod's veth. [`nodeport_local_policy_with_accept_local`] is the
+/// same test with `accept_local=1`.
 #[test]
 fn nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoint() {
     if !require_root("nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoint") {
         return;
     }
     let c = setup("x2");
+    check_local_policy(&c);
+}
+
+#[test]
+fn nodeport_local_policy_with_accept_local() {
+    if !require_root("nodeport_local_policy_with_accept_local") {
+        return;
+    }
+    let c = setup("xa");
+    c.accept_local_sources().unwrap();
+    check_local_policy(&c);
+}
+
+fn check_local_policy(c: &Cluster) {
     for (node, local) in [(NODE1, "a1"), (NODE2, "b1")] {
         let dst = SocketAddrV4::new(node, 30081);
-        first_answer(&c, &c.client_netns, dst);
+        first_answer(c, &c.client_netns, dst);
         for _ in 0..20 {
-            let (answer, _) = tcp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(&c, format!("{dst}: {e}")));
+            let (answer, _) = tcp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(c, format!("{dst}: {e}")));
             let (name, seen) = parse(&answer);
             assert_eq!(name, local, "eTP=Local via {node}: only the local endpoint");
             assert_eq!(seen, CLIENT_IP.to_string(), "eTP=Local: the backend sees the client's own address");
         }
         let dst = SocketAddrV4::new(node, 30091);
-        let answer = udp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(&c, format!("UDP {dst}: {e}")));
+        let answer = udp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(c, format!("UDP {dst}: {e}")));
         assert_eq!(parse(&answer), (local.to_string(), CLIENT_IP.to_string()));
     }
     // np-local1 has its only endpoint on node1: node1 serves, node2 drops (a timeout, not a
     // refusal).
-    first_answer(&c, &c.client_netns, SocketAddrV4::new(NODE1, 30082));
+    first_answer(c, &c.client_netns, SocketAddrV4::new(NODE1, 30082));
     for _ in 0..3 {
         let dst = SocketAddrV4::new(NODE2, 30082);
         match tcp_probe(&c.client_netns, dst, Duration::from_secs(1)) {
             Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
-            other => fail(&c, format!("{dst}: expected a timeout (DROP), got {other:?}")),
+            other => fail(c, format!("{dst}: expected a timeout (DROP), got {other:?}")),
         }
     }
     let dst = SocketAddrV4::new(NODE2, 30092);
     match udp_probe(&c.client_netns, dst, Duration::from_secs(1)) {
         Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {}
-        other => fail(&c, format!("UDP {dst}: expected no answer (DROP), got {other:?}")),
+        other => fail(c, format!("UDP {dst}: expected no answer (DROP), got {other:?}")),
     }
 }
 
+/// Scenario 3. KNOWN DATAPATH BUG (fails): the pod's tc program masquerades the hairpin flow
+/// to the node's address and returns TC_ACT_OK; the kernel drops it as a martian source
+/// arriving on the pod's veth. [`pod_reaches_itself_through_its_clusterip_with_accept_local`]
+/// is the same test with `accept_local=1`.
 #[test]
 fn pod_reaches_itself_through_its_clusterip() {
     if !require_root("pod_reaches_itself_through_its_clusterip") {
         return;
     }
     let c = setup("x3");
+    check_hairpin(&c);
+}
+
+#[test]
+fn pod_reaches_itself_through_its_clusterip_with_accept_local() {
+    if !require_root("pod_reaches_itself_through_its_clusterip_with_accept_local") {
+        return;
+    }
+    let c = setup("x9");
+    c.accept_local_sources().unwrap();
+    check_hairpin(&c);
+}
+
+fn check_hairpin(c: &Cluster) {
     let a2 = c.pod("a2").netns.clone();
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 14), 80);
-    first_answer(&c, &a2, dst);
+    first_answer(c, &a2, dst);
     for _ in 0..10 {
-        let (answer, peer) = tcp_probe(&a2, dst, T).unwrap_or_else(|e| fail(&c, format!("hairpin {dst}: {e}")));
+        let (answer, peer) = tcp_probe(&a2, dst, T).unwrap_or_else(|e| fail(c, format!("hairpin {dst}: {e}")));
         let (name, seen) = parse(&answer);
         assert_eq!(name, "a2", "the pod's own server answers");
         assert_eq!(peer, SocketAddr::V4(dst));
@@ -334,7 +370,7 @@ fn client_ip_affinity_sticks_then_expires() {
     let c = setup("x5");
     // eTP=Cluster from outside is masqueraded: needs the workaround for the martian-source bug
     // (see nodeport_cluster_policy_reaches_a_remote_backend_masqueraded).
-    c.accept_local_on_uplinks().unwrap();
+    c.accept_local_sources().unwrap();
     let dst = SocketAddrV4::new(NODE1, 30086);
     let (first, _) = first_answer(&c, &c.client_netns, dst);
     let sticky = parse(&first).0;
@@ -376,7 +412,9 @@ fn health_check_node_port_reports_local_ready_endpoints() {
         .unwrap_or_else(|e| fail(&c, format!("{e:#}: last {:?}", get(node))));
         assert_eq!(status, 200);
         assert_eq!(headers.get("x-load-balancing-endpoint-weight").map(String::as_str), Some("1"), "{headers:?} {body}");
-        assert!(body.contains("\"localEndpoints\":1"), "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(body["localEndpoints"], 1, "{body}");
+        assert_eq!(body["service"]["name"], "lb-hc", "{body}");
     }
     // node1's only endpoint becomes not ready: 503, weight 0; node2 is unaffected.
     c.write_manifest("svc-lb-hc.yaml", &lb_hc(false)).unwrap();
