@@ -93,6 +93,16 @@ impl Cluster {
     /// Builds the namespaces and links (no agents yet). `tag` (≤ 3 characters) keeps parallel
     /// tests apart: namespaces are `lb-{tag}-lan` and `lb-{tag}n{i}-…`.
     pub fn create(tag: &str, nodes: &[NodeSpec]) -> Result<Cluster> {
+        Cluster::create_with(tag, nodes, false)
+    }
+
+    /// As [`Cluster::create`]; with `generic_xdp` the LAN side of every uplink gets a 9000-byte
+    /// MTU, which makes native XDP on the uplink veth impossible ("peer MTU too large"), so the
+    /// agent falls back to generic (skb) XDP. Why: XDP_TX from native XDP on a veth hands the
+    /// frame straight to the peer's NAPI ring, and in this environment those frames never reached
+    /// the peer's stack (the sender counts `xdp_tx`, the peer receives nothing), so ICMP
+    /// REJECTs built by XDP were lost. Generic XDP transmits XDP_TX frames as skbs.
+    pub fn create_with(tag: &str, nodes: &[NodeSpec], generic_xdp: bool) -> Result<Cluster> {
         assert!(tag.len() <= 3, "tag too long");
         let lan = format!("lb-{tag}-lan");
         let _ = ip(&["netns", "del", &lan]);
@@ -116,6 +126,9 @@ impl Cluster {
             let node_ns = topo.node_netns.clone();
             let lan_if = format!("lb{tag}u{i}");
             ip(&["link", "add", &lan_if, "netns", &lan, "type", "veth", "peer", "name", UPLINK, "netns", &node_ns])?;
+            if generic_xdp {
+                ip_netns(&lan, &["link", "set", &lan_if, "mtu", "9000"])?;
+            }
             ip_netns(&lan, &["link", "set", &lan_if, "master", "br0"])?;
             ip_netns(&lan, &["link", "set", &lan_if, "up"])?;
             // Both ends transmit towards an XDP uplink (bridge → node; node → bridge → the

@@ -143,6 +143,10 @@ fn write_services(c: &Cluster) {
 /// Builds the two-node cluster, starts the echo servers and both agents, and waits until both
 /// agents have programmed the services.
 fn setup(tag: &str) -> Cluster {
+    setup_with(tag, false)
+}
+
+fn setup_with(tag: &str, generic_xdp: bool) -> Cluster {
     let nodes = [
         NodeSpec {
             name: "node1".into(),
@@ -151,7 +155,7 @@ fn setup(tag: &str) -> Cluster {
         },
         NodeSpec { name: "node2".into(), ip: NODE2, pods: vec![pod("b1", [10, 244, 2, 11]), pod("b2", [10, 244, 2, 12])] },
     ];
-    let mut c = Cluster::create(tag, &nodes).expect("cluster");
+    let mut c = Cluster::create_with(tag, &nodes, generic_xdp).expect("cluster");
     for p in ["a1", "a2", "b1", "b2"] {
         c.spawn_echo(p, 8080, 5353).expect("echo server");
     }
@@ -340,7 +344,7 @@ fn service_without_endpoints_rejects_tcp_and_udp() {
     if !require_root("service_without_endpoints_rejects_tcp_and_udp") {
         return;
     }
-    let c = setup("x4");
+    let c = setup_with("x4", true);
     let client = c.pod("client1").netns.clone();
     let cases = [
         ("pod TCP to ClusterIP", client.clone(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 15), 80), false),
