@@ -230,19 +230,13 @@ impl Cluster {
 
     /// A pod by name, on whichever node.
     pub fn pod(&self, name: &str) -> &Pod {
-        self.nodes
-            .iter()
-            .find_map(|n| n.topo.pods.iter().find(|p| p.name == name))
-            .unwrap_or_else(|| panic!("no pod {name}"))
+        self.nodes.iter().find_map(|n| n.topo.pods.iter().find(|p| p.name == name)).unwrap_or_else(|| panic!("no pod {name}"))
     }
 
     /// Starts lb-echo in pod `pod`, answering `POD peer=CLIENT_IP_IT_SAW`.
     pub fn spawn_echo(&mut self, pod: &str, tcp: u16, udp: u16) -> Result<()> {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.topo.pods.iter().any(|p| p.name == pod))
-            .with_context(|| format!("no pod {pod}"))?;
+        let node =
+            self.nodes.iter_mut().find(|n| n.topo.pods.iter().any(|p| p.name == pod)).with_context(|| format!("no pod {pod}"))?;
         node.topo.spawn_echo_with(pod, pod, tcp, udp, &["--report-peer"])
     }
 

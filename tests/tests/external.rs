@@ -410,10 +410,11 @@ fn health_check_node_port_reports_local_ready_endpoints() {
     let c = setup("x6");
     let get = |node: Ipv4Addr| http_get(&c.client_netns, SocketAddrV4::new(node, 30100), "/", Duration::from_secs(2));
     for node in [NODE1, NODE2] {
-        let (status, headers, body) = wait::until(&format!("health check on {node} answers 200"), Duration::from_secs(15), || {
-            get(node).ok().filter(|r| r.0 == 200)
-        })
-        .unwrap_or_else(|e| fail(&c, format!("{e:#}: last {:?}", get(node))));
+        let (status, headers, body) =
+            wait::until(&format!("health check on {node} answers 200"), Duration::from_secs(15), || {
+                get(node).ok().filter(|r| r.0 == 200)
+            })
+            .unwrap_or_else(|e| fail(&c, format!("{e:#}: last {:?}", get(node))));
         assert_eq!(status, 200);
         assert_eq!(headers.get("x-load-balancing-endpoint-weight").map(String::as_str), Some("1"), "{headers:?} {body}");
         let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
@@ -422,10 +423,9 @@ fn health_check_node_port_reports_local_ready_endpoints() {
     }
     // node1's only endpoint becomes not ready: 503, weight 0; node2 is unaffected.
     c.write_manifest("svc-lb-hc.yaml", &lb_hc(false)).unwrap();
-    let (_, headers, body) = wait::until("health check on node1 answers 503", Duration::from_secs(15), || {
-        get(NODE1).ok().filter(|r| r.0 == 503)
-    })
-    .unwrap_or_else(|e| fail(&c, format!("{e:#}: last {:?}", get(NODE1))));
+    let (_, headers, body) =
+        wait::until("health check on node1 answers 503", Duration::from_secs(15), || get(NODE1).ok().filter(|r| r.0 == 503))
+            .unwrap_or_else(|e| fail(&c, format!("{e:#}: last {:?}", get(NODE1))));
     assert_eq!(headers.get("x-load-balancing-endpoint-weight").map(String::as_str), Some("0"), "{headers:?} {body}");
     assert_eq!(get(NODE2).expect("node2 health check").0, 200);
     // And back.
