@@ -99,9 +99,9 @@ impl Cluster {
     /// As [`Cluster::create`]; with `generic_xdp` the LAN side of every uplink gets a 9000-byte
     /// MTU, which makes native XDP on the uplink veth impossible ("peer MTU too large"), so the
     /// agent falls back to generic (skb) XDP. Why: XDP_TX from native XDP on a veth hands the
-    /// frame straight to the peer's NAPI ring, and in this environment those frames never reached
-    /// the peer's stack (the sender counts `xdp_tx`, the peer receives nothing), so ICMP
-    /// REJECTs built by XDP were lost. Generic XDP transmits XDP_TX frames as skbs.
+    /// frame straight to the peer's NAPI ring, and there the ICMP REJECT frames built by XDP never reach
+    /// the client's stack (the uplink counts them as `xdp_tx`, the peer's tcpdump sees nothing;
+    /// see tests/tests/external.rs). Generic XDP transmits XDP_TX frames as skbs, which arrive.
     pub fn create_with(tag: &str, nodes: &[NodeSpec], generic_xdp: bool) -> Result<Cluster> {
         assert!(tag.len() <= 3, "tag too long");
         let lan = format!("lb-{tag}-lan");
@@ -134,6 +134,10 @@ impl Cluster {
             // Both ends transmit towards an XDP uplink (bridge → node; node → bridge → the
             // other node's uplink, the bridge forwarding the skb as it is).
             tx_checksum_off(&lan, &lan_if)?;
+            // Native XDP_TX on a veth hands the frame to the peer's NAPI ring, which exists only
+            // if the peer runs XDP itself or has GRO on; without it XDP_TX frames (the ICMP
+            // REJECTs built by XDP) are dropped (`xdp_tx_errors` on the uplink).
+            run("ip", &["netns", "exec", &lan, "ethtool", "-K", &lan_if, "gro", "on"])?;
             tx_checksum_off(&node_ns, UPLINK)?;
             let _ = sysctl_in(&node_ns, "net.ipv6.conf.all.disable_ipv6", "1");
             ip_netns(&node_ns, &["addr", "add", &format!("{}/{LAN_PREFIX}", spec.ip), "dev", UPLINK])?;
