@@ -477,10 +477,11 @@ fn host_originated_clusterip_traffic_reaches_a_remote_backend_and_is_rejected_wi
 }
 
 /// Scenario 7b. KNOWN DATAPATH BUG (fails): np-local's ClusterIP from node1 is balanced over
-/// a1 (local) and b1 (remote). Connections to b1 work; those given a1 time out: the host egress
-/// program's FIB lookup (BPF_FIB_LOOKUP_OUTPUT with the uplink's ifindex as the output
-/// interface) resolves 10.244.1.11 to the uplink's default route instead of a1's veth, and the
-/// translated SYN leaves through the uplink.
+/// a1 (local) and b1 (remote). Connections to b1 work; those given a1 time out: tcpdump in
+/// node1 shows the translated SYN `192.168.50.1.64453 > 10.244.1.11.8080` leaving through the
+/// uplink instead of a1's veth. Likely cause: `route::redirect` does its FIB lookup with
+/// BPF_FIB_LOOKUP_OUTPUT and `ifindex` = the uplink, which constrains the lookup to the uplink
+/// (its default route) rather than the pod's /32 route.
 #[test]
 fn host_originated_clusterip_traffic_is_balanced_over_local_and_remote_backends() {
     if !require_root("host_originated_clusterip_traffic_is_balanced_over_local_and_remote_backends") {
