@@ -69,6 +69,9 @@ impl Agent {
             std::env::temp_dir().join(format!("lb-agent-{}.log", bpffs.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
         let log = File::create(&log_path)?;
         let agent_bin = bin_dir().join("lb-agent");
+        // `node1` unless the caller names the node itself (multi-node topologies).
+        let default_node_name: &[&str] =
+            if extra.contains(&"--hostname-override") { &[] } else { &["--hostname-override", "node1"] };
         let mut cmd = match netns {
             Some(netns) => {
                 let mut c = Command::new("nsenter");
@@ -82,7 +85,8 @@ impl Agent {
             .args(["--interfaces", interfaces])
             .arg("--bpffs")
             .arg(bpffs)
-            .args(["--hostname-override", "node1", "--min-sync-period", "100ms"])
+            .args(default_node_name)
+            .args(["--min-sync-period", "100ms"])
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(log.try_clone()?)

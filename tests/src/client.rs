@@ -96,6 +96,37 @@ impl UdpFlow {
     }
 }
 
+/// One new TCP connection keeping the socket error's kind (`ConnectionRefused`, `TimedOut`...):
+/// the first line the server sent, and the peer address the client's socket is connected to.
+pub fn tcp_probe(netns: &str, dst: SocketAddrV4, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    in_netns(netns, || {
+        let s = TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let peer = s.peer_addr()?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without an answer"));
+        }
+        Ok((line.trim().to_string(), peer))
+    })
+}
+
+/// One datagram on a fresh connected UDP socket and its answer, keeping the socket error's
+/// kind (an ICMP port unreachable makes `recv` fail with `ConnectionRefused`).
+pub fn udp_probe(netns: &str, dst: SocketAddrV4, timeout: Duration) -> std::io::Result<String> {
+    in_netns(netns, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(dst)?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.send(b"hi")?;
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+}
+
 /// Answers per backend name, and the number of failures.
 pub fn count_by_name(results: &[Result<String>]) -> (BTreeMap<String, usize>, usize) {
     let mut counts = BTreeMap::new();

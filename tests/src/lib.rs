@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod baseline;
 pub mod client;
+pub mod cluster;
 pub mod fakeapi;
 pub mod netns;
 pub mod privileges;

@@ -131,9 +131,16 @@ impl Topology {
 
     /// Starts lb-echo (answering `name`) in a pod and waits until it is listening.
     pub fn spawn_echo(&mut self, pod: &str, name: &str, tcp: u16, udp: u16) -> Result<()> {
+        self.spawn_echo_with(pod, name, tcp, udp, &[])
+    }
+
+    /// As [`Topology::spawn_echo`], with more lb-echo arguments (e.g. `--report-peer`).
+    pub fn spawn_echo_with(&mut self, pod: &str, name: &str, tcp: u16, udp: u16, extra: &[&str]) -> Result<()> {
         let ns = self.pod(pod).netns.clone();
         let (tcp, udp) = (tcp.to_string(), udp.to_string());
-        let child = self.spawn_in(&ns, &echo_binary(), &["--name", name, "--tcp", &tcp, "--udp", &udp])?;
+        let mut args = vec!["--name", name, "--tcp", &tcp, "--udp", &udp];
+        args.extend_from_slice(extra);
+        let child = self.spawn_in(&ns, &echo_binary(), &args)?;
         let stdout = child.stdout.take().context("echo stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

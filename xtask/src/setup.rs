@@ -79,6 +79,8 @@ pub fn setup() -> Result<()> {
         ("ip", "iproute2"),
         ("nsenter", "util-linux"),
         ("ping", "iputils-ping"),
+        // The two-node e2e tests turn veth TX checksum offload off (XDP needs full checksums).
+        ("ethtool", "ethtool"),
         // The benchmark's kube-proxy-shaped baselines.
         ("iptables-legacy-restore", "iptables"),
         ("nft", "nftables"),

@@ -1,5 +1,7 @@
 //! Backend server for tests and the demo: TCP answers its name on connect and to every line;
-//! UDP answers its name to every datagram. Prints "ready" once listening.
+//! UDP answers its name to every datagram. Prints "ready" once listening. With `--report-peer`
+//! the answer is `NAME peer=IP` (IP: the client address this server saw), so tests can check
+//! masquerading.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -18,6 +20,17 @@ struct Args {
     udp: Option<u16>,
     #[arg(long, default_value = "0.0.0.0")]
     bind: String,
+    /// Answer `NAME peer=IP` instead of `NAME` (IP: the peer address of the connection or
+    /// datagram).
+    #[arg(long)]
+    report_peer: bool,
+}
+
+fn answer_for(name: &str, report_peer: bool, peer: Option<std::net::SocketAddr>) -> String {
+    match (report_peer, peer) {
+        (true, Some(p)) => format!("{name} peer={}\n", p.ip()),
+        _ => format!("{name}\n"),
+    }
 }
 
 fn serve(mut s: TcpStream, answer: String) {
@@ -39,17 +52,17 @@ fn serve(mut s: TcpStream, answer: String) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let answer = format!("{}\n", args.name);
+    let (name, report_peer) = (args.name.clone(), args.report_peer);
     let tcp = args.tcp.map(|p| TcpListener::bind((args.bind.as_str(), p))).transpose()?;
     let udp = args.udp.map(|p| UdpSocket::bind((args.bind.as_str(), p))).transpose()?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut threads = Vec::new();
     if let Some(l) = tcp {
-        let answer = answer.clone();
+        let name = name.clone();
         threads.push(std::thread::spawn(move || {
             for s in l.incoming().flatten() {
-                let a = answer.clone();
+                let a = answer_for(&name, report_peer, s.peer_addr().ok());
                 std::thread::spawn(move || serve(s, a));
             }
         }));
@@ -58,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while let Ok((_, from)) = u.recv_from(&mut buf) {
-                let _ = u.send_to(answer.as_bytes(), from);
+                let _ = u.send_to(answer_for(&name, report_peer, Some(from)).as_bytes(), from);
             }
         }));
     }

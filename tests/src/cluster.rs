@@ -1,0 +1,282 @@
+//! A two-node (or more) cluster in network namespaces, each node running its own real
+//! `lb-agent`, plus an external client.
+//!
+//! ```text
+//!                      lb-{tag}-lan  (external client, 192.168.50.100/24 on bridge br0)
+//!                   br0 ── lb{tag}u0 ─┬─ lb{tag}u1 ── …
+//!                                     │               │
+//!   node1: lb-{tag}n0-node  uplink 192.168.50.1/24    node2: lb-{tag}n1-node  uplink 192.168.50.2/24
+//!     pods: /32 on eth0, gateway 169.254.1.1            pods: …
+//!     (wired as [`crate::topo::Topology`])
+//! ```
+//!
+//! * The LAN is a bridge inside the client's namespace: the client is a host on the same L2
+//!   segment as the nodes' uplinks (`uplink` in every node namespace, where the agent's XDP
+//!   program sits).
+//! * Each node routes every other node's pod /32s via that node's uplink address, and has a
+//!   default route via the client (so host-originated traffic to ClusterIPs leaves through the
+//!   uplink, where the host egress program sees it).
+//! * Each node's agent reads its own copy of the manifests ([`Cluster::write_manifest`] writes
+//!   every copy), plus a Node object named after it; endpoint `nodeName`s make endpoints local.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    agent::Agent,
+    netns::{ip, ip_netns, run, sysctl_in},
+    topo::{Pod, PodSpec, Topology},
+};
+
+/// The LAN prefix length; node uplinks and the client live in it.
+pub const LAN_PREFIX: u8 = 24;
+/// The external client's address (on the LAN bridge).
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+/// The pod CIDR passed as `--cluster-cidr`: every pod IP of a test must be inside.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The uplink's name in every node namespace (`--xdp-interfaces`).
+pub const UPLINK: &str = "uplink";
+
+pub struct NodeSpec {
+    /// The Kubernetes node name (`--hostname-override`, endpoint `nodeName`).
+    pub name: String,
+    /// The uplink address (`--node-ip`: primary address, NodePorts, masquerade source).
+    pub ip: Ipv4Addr,
+    pub pods: Vec<PodSpec>,
+}
+
+pub struct Node {
+    /// Dropped before the topology: the agent dies before its namespace goes.
+    pub agent: Option<Agent>,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub topo: Topology,
+    /// This node's manifest directory (`--manifests`).
+    pub manifests: PathBuf,
+}
+
+impl Node {
+    pub fn netns(&self) -> &str {
+        &self.topo.node_netns
+    }
+
+    pub fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent started")
+    }
+}
+
+pub struct Cluster {
+    pub tag: String,
+    pub nodes: Vec<Node>,
+    /// The external client's namespace (also holds the LAN bridge).
+    pub client_netns: String,
+    dir: PathBuf,
+}
+
+/// Turns TX checksum offload off on a veth end. Why: a veth that transmits a locally built
+/// packet leaves its L4 checksum CHECKSUM_PARTIAL (only the pseudo-header sum, to be completed
+/// "by the NIC"), and the skb crosses to the peer without the checksum ever being finished. The
+/// XDP program on the peer sees raw packet bytes, as from a real NIC, and updates checksums
+/// incrementally: on a partial checksum that yields garbage that the receiver drops. With TX
+/// offload off, the kernel computes full checksums before transmitting, like a real wire.
+pub fn tx_checksum_off(netns: &str, iface: &str) -> Result<()> {
+    run("ip", &["netns", "exec", netns, "ethtool", "-K", iface, "tx", "off"])
+        .map(|_| ())
+        .with_context(|| format!("ethtool -K {iface} tx off in {netns} (is the ethtool package installed?)"))
+}
+
+impl Cluster {
+    /// Builds the namespaces and links (no agents yet). `tag` (≤ 3 characters) keeps parallel
+    /// tests apart: namespaces are `lb-{tag}-lan` and `lb-{tag}n{i}-…`.
+    pub fn create(tag: &str, nodes: &[NodeSpec]) -> Result<Cluster> {
+        Cluster::create_with(tag, nodes, false)
+    }
+
+    /// As [`Cluster::create`]; with `generic_xdp` the LAN side of every uplink gets a 9000-byte
+    /// MTU, which makes native XDP on the uplink veth impossible ("peer MTU too large"), so the
+    /// agent falls back to generic (skb) XDP. Why: XDP_TX from native XDP on a veth hands the
+    /// frame straight to the peer's NAPI ring, and there the ICMP REJECT frames built by XDP never reach
+    /// the client's stack (the uplink counts them as `xdp_tx`, the peer's tcpdump sees nothing;
+    /// see tests/tests/external.rs). Generic XDP transmits XDP_TX frames as skbs, which arrive.
+    pub fn create_with(tag: &str, nodes: &[NodeSpec], generic_xdp: bool) -> Result<Cluster> {
+        assert!(tag.len() <= 3, "tag too long");
+        let lan = format!("lb-{tag}-lan");
+        let _ = ip(&["netns", "del", &lan]);
+        let dir = std::env::temp_dir().join(format!("lb-cluster-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Cluster { tag: tag.into(), nodes: Vec::new(), client_netns: lan.clone(), dir };
+        ip(&["netns", "add", &lan])?;
+        ip_netns(&lan, &["link", "set", "lo", "up"])?;
+        ip_netns(&lan, &["link", "add", "br0", "type", "bridge"])?;
+        ip_netns(&lan, &["addr", "add", &format!("{CLIENT_IP}/{LAN_PREFIX}"), "dev", "br0"])?;
+        ip_netns(&lan, &["link", "set", "br0", "up"])?;
+        sysctl_in(&lan, "net.ipv4.conf.all.rp_filter", "0")?;
+        sysctl_in(&lan, "net.ipv4.conf.default.rp_filter", "0")?;
+        let _ = sysctl_in(&lan, "net.ipv6.conf.all.disable_ipv6", "1");
+        // The client sends into the nodes' XDP uplinks: full checksums (see tx_checksum_off).
+        tx_checksum_off(&lan, "br0")?;
+
+        for (i, spec) in nodes.iter().enumerate() {
+            let topo = Topology::create(&format!("{tag}n{i}"), &spec.pods)?;
+            let node_ns = topo.node_netns.clone();
+            let lan_if = format!("lb{tag}u{i}");
+            ip(&["link", "add", &lan_if, "netns", &lan, "type", "veth", "peer", "name", UPLINK, "netns", &node_ns])?;
+            if generic_xdp {
+                ip_netns(&lan, &["link", "set", &lan_if, "mtu", "9000"])?;
+            }
+            ip_netns(&lan, &["link", "set", &lan_if, "master", "br0"])?;
+            ip_netns(&lan, &["link", "set", &lan_if, "up"])?;
+            // Both ends transmit towards an XDP uplink (bridge → node; node → bridge → the
+            // other node's uplink, the bridge forwarding the skb as it is).
+            tx_checksum_off(&lan, &lan_if)?;
+            // Native XDP_TX on a veth hands the frame to the peer's NAPI ring, which exists only
+            // if the peer runs XDP itself or has GRO on; without it XDP_TX frames (the ICMP
+            // REJECTs built by XDP) are dropped (`xdp_tx_errors` on the uplink).
+            run("ip", &["netns", "exec", &lan, "ethtool", "-K", &lan_if, "gro", "on"])?;
+            tx_checksum_off(&node_ns, UPLINK)?;
+            let _ = sysctl_in(&node_ns, "net.ipv6.conf.all.disable_ipv6", "1");
+            ip_netns(&node_ns, &["addr", "add", &format!("{}/{LAN_PREFIX}", spec.ip), "dev", UPLINK])?;
+            ip_netns(&node_ns, &["link", "set", UPLINK, "up"])?;
+            ip_netns(&node_ns, &["route", "add", "default", "via", &CLIENT_IP.to_string(), "dev", UPLINK])?;
+            sysctl_in(&node_ns, &format!("net.ipv4.conf.{UPLINK}.rp_filter"), "0")?;
+            // Pods' packets reach other nodes' XDP uplinks after forwarding; the uplink above
+            // completes their checksums, but keep pods on full checksums too (belt and braces).
+            for pod in &topo.pods {
+                tx_checksum_off(&pod.netns, "eth0")?;
+            }
+            let manifests = cluster.dir.join(&spec.name);
+            std::fs::create_dir_all(&manifests)?;
+            std::fs::write(
+                manifests.join("00-node.yaml"),
+                format!(
+                    "apiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {}}}\n",
+                    spec.name, spec.ip
+                ),
+            )?;
+            cluster.nodes.push(Node { agent: None, name: spec.name.clone(), ip: spec.ip, topo, manifests });
+        }
+        // Every node reaches every other node's pods through that node.
+        for a in 0..cluster.nodes.len() {
+            for b in 0..cluster.nodes.len() {
+                if a == b {
+                    continue;
+                }
+                let via = cluster.nodes[b].ip.to_string();
+                for pod in cluster.nodes[b].topo.pods.clone() {
+                    ip_netns(cluster.nodes[a].netns(), &["route", "add", &format!("{}/32", pod.ip), "via", &via, "dev", UPLINK])?;
+                }
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Writes `file` with `content` into every node's manifest directory (replace by rename,
+    /// so an agent never reads half a file).
+    pub fn write_manifest(&self, file: &str, content: &str) -> Result<()> {
+        for node in &self.nodes {
+            let tmp = node.manifests.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, content)?;
+            std::fs::rename(&tmp, node.manifests.join(file))?;
+        }
+        Ok(())
+    }
+
+    /// Starts one lb-agent per node (waiting for each to be ready) with its node name, node IP,
+    /// the cluster CIDR, its pods' host veths and the uplink for XDP; health and metrics
+    /// servers off. `extra` goes to every agent.
+    pub fn start_agents(&mut self, extra: &[&str]) -> Result<()> {
+        let pid = std::process::id();
+        for node in &mut self.nodes {
+            let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-cluster-{}-{}-{pid}", self.tag, node.name));
+            let ip = node.ip.to_string();
+            let mut args = vec![
+                "--hostname-override",
+                &node.name,
+                "--node-ip",
+                &ip,
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+                "--xdp-interfaces",
+                UPLINK,
+                "--healthz-bind-address",
+                "",
+                "--metrics-bind-address",
+                "",
+            ];
+            args.extend_from_slice(extra);
+            let agent = Agent::start(&node.topo.node_netns, &node.manifests, &node.topo.host_if_pattern(), &bpffs, &args)
+                .with_context(|| format!("agent on {}", node.name))?;
+            node.agent = Some(agent);
+        }
+        Ok(())
+    }
+
+    /// Sets `net.ipv4.conf.all.accept_local=1` on every node. A workaround, not part of the
+    /// topology: the datapath masquerades packets to the node's own address (external
+    /// eTP=Cluster traffic in XDP, hairpin traffic in the pods' tc program) and then hands them
+    /// to the kernel, whose input routing drops a packet arriving on an interface with a local
+    /// source address ("martian source") unless `accept_local` is set.
+    pub fn accept_local_sources(&self) -> Result<()> {
+        for node in &self.nodes {
+            sysctl_in(node.netns(), "net.ipv4.conf.all.accept_local", "1")?;
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// A pod by name, on whichever node.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.nodes.iter().find_map(|n| n.topo.pods.iter().find(|p| p.name == name)).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Starts lb-echo in pod `pod`, answering `POD peer=CLIENT_IP_IT_SAW`.
+    pub fn spawn_echo(&mut self, pod: &str, tcp: u16, udp: u16) -> Result<()> {
+        let node =
+            self.nodes.iter_mut().find(|n| n.topo.pods.iter().any(|p| p.name == pod)).with_context(|| format!("no pod {pod}"))?;
+        node.topo.spawn_echo_with(pod, pod, tcp, udp, &["--report-peer"])
+    }
+
+    /// Every agent's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.agent.as_ref().map(|a| format!("--- agent on {} ---\n{}", n.name, a.log())))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `lbctl conntrack` and `lbctl stats` of every agent, for failure messages.
+    pub fn datapath_state(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            if let Some(a) = &n.agent {
+                for what in ["stats", "conntrack"] {
+                    let v = a.lbctl_json(&[what]).map(|v| v.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+                    out.push_str(&format!("--- lbctl {what} on {} ---\n{v}\n", n.name));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn manifest_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents and node namespaces first (Node drops its agent before its topology).
+        self.nodes.clear();
+        let _ = ip(&["netns", "del", &self.client_netns]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
