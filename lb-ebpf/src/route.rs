@@ -18,7 +18,6 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
-const BPF_FIB_LOOKUP_OUTPUT: u32 = 1 << 1;
 const LOOPBACK_IFINDEX: u32 = 1;
 
 pub fn redirect(ctx: &TcContext) -> i32 {
@@ -32,10 +31,11 @@ pub fn redirect(ctx: &TcContext) -> i32 {
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_3.ipv4_src = pkt.saddr;
     params.__bindgen_anon_4.ipv4_dst = pkt.daddr;
+    // A forwarding-style lookup (`ifindex` is where the packet "comes from"): an output lookup
+    // (BPF_FIB_LOOKUP_OUTPUT) would be bound to this interface and find its default route
+    // instead of, say, a local pod's /32 on another interface.
     // SAFETY: params is a valid, fully sized bpf_fib_lookup.
-    let rc = unsafe {
-        fib_lookup(ctx.skb.skb.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, BPF_FIB_LOOKUP_OUTPUT)
-    } as u32;
+    let rc = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) } as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => {
             // SAFETY: no parameters: the kernel resolves the neighbour.

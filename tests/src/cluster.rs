@@ -216,18 +216,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sets `net.ipv4.conf.all.accept_local=1` on every node. A workaround, not part of the
-    /// topology: the datapath masquerades packets to the node's own address (external
-    /// eTP=Cluster traffic in XDP, hairpin traffic in the pods' tc program) and then hands them
-    /// to the kernel, whose input routing drops a packet arriving on an interface with a local
-    /// source address ("martian source") unless `accept_local` is set.
-    pub fn accept_local_sources(&self) -> Result<()> {
-        for node in &self.nodes {
-            sysctl_in(node.netns(), "net.ipv4.conf.all.accept_local", "1")?;
-        }
-        Ok(())
-    }
-
     pub fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
     }

@@ -199,29 +199,16 @@ fn fail(c: &Cluster, msg: String) -> ! {
     panic!("{msg}\n{}\n{}", c.datapath_state(), c.logs())
 }
 
-/// Scenario 1. KNOWN DATAPATH BUG (fails): the XDP program SNATs the packet to node1's own
-/// address and returns XDP_PASS; the kernel then drops it as a martian source (a packet from
-/// outside carrying a local source address) unless the uplink has `accept_local=1`. See
-/// [`nodeport_cluster_policy_reaches_a_remote_backend_with_accept_local`] for the same test
-/// with that sysctl.
+/// Scenario 1 (H2): the XDP program DNATs to node2's backend and masquerades to node1's
+/// address before the kernel routes the packet (the agent sets `accept_local` on its
+/// interfaces so the kernel does not take it for a martian source); the reply is reverse-NATed
+/// by node1's XDP program.
 #[test]
 fn nodeport_cluster_policy_reaches_a_remote_backend_masqueraded() {
     if !require_root("nodeport_cluster_policy_reaches_a_remote_backend_masqueraded") {
         return;
     }
     let c = setup("x1");
-    check_remote_backend_masqueraded(&c);
-}
-
-/// Scenario 1 with the martian-source workaround: everything after the kernel's input routing
-/// (forwarding to node2, the reply's reverse NAT in node1's XDP program) works.
-#[test]
-fn nodeport_cluster_policy_reaches_a_remote_backend_with_accept_local() {
-    if !require_root("nodeport_cluster_policy_reaches_a_remote_backend_with_accept_local") {
-        return;
-    }
-    let c = setup("x8");
-    c.accept_local_sources().unwrap();
     check_remote_backend_masqueraded(&c);
 }
 
@@ -241,26 +228,14 @@ fn check_remote_backend_masqueraded(c: &Cluster) {
     assert_eq!(parse(&answer), ("b1".to_string(), NODE1.to_string()));
 }
 
-/// Scenario 2. KNOWN DATAPATH BUG (fails): the reply of the local backend is reverse-NATed by
-/// the pod's tc program to come from node1's address, then handed to the kernel, which drops it
-/// as a martian source on the pod's veth. [`nodeport_local_policy_with_accept_local`] is the
-/// same test with `accept_local=1`.
+/// Scenario 2 (C7, H3, E2): the reply of the local backend is reverse-NATed by the pod's tc
+/// program to come from node1's address (accepted thanks to `accept_local`, set by the agent).
 #[test]
 fn nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoint() {
     if !require_root("nodeport_local_policy_keeps_the_client_address_and_drops_without_local_endpoint") {
         return;
     }
     let c = setup("x2");
-    check_local_policy(&c);
-}
-
-#[test]
-fn nodeport_local_policy_with_accept_local() {
-    if !require_root("nodeport_local_policy_with_accept_local") {
-        return;
-    }
-    let c = setup("xa");
-    c.accept_local_sources().unwrap();
     check_local_policy(&c);
 }
 
@@ -295,26 +270,13 @@ fn check_local_policy(c: &Cluster) {
     }
 }
 
-/// Scenario 3. KNOWN DATAPATH BUG (fails): the pod's tc program masquerades the hairpin flow
-/// to the node's address and returns TC_ACT_OK; the kernel drops it as a martian source
-/// arriving on the pod's veth. [`pod_reaches_itself_through_its_clusterip_with_accept_local`]
-/// is the same test with `accept_local=1`.
+/// Scenario 3 (H4): the pod's tc program masquerades the hairpin flow to the node's address.
 #[test]
 fn pod_reaches_itself_through_its_clusterip() {
     if !require_root("pod_reaches_itself_through_its_clusterip") {
         return;
     }
     let c = setup("x3");
-    check_hairpin(&c);
-}
-
-#[test]
-fn pod_reaches_itself_through_its_clusterip_with_accept_local() {
-    if !require_root("pod_reaches_itself_through_its_clusterip_with_accept_local") {
-        return;
-    }
-    let c = setup("x9");
-    c.accept_local_sources().unwrap();
     check_hairpin(&c);
 }
 
@@ -392,9 +354,6 @@ fn client_ip_affinity_sticks_then_expires() {
         return;
     }
     let c = setup("x5");
-    // eTP=Cluster from outside is masqueraded: needs the workaround for the martian-source bug
-    // (see nodeport_cluster_policy_reaches_a_remote_backend_masqueraded).
-    c.accept_local_sources().unwrap();
     let dst = SocketAddrV4::new(NODE1, 30086);
     let (first, _) = first_answer(&c, &c.client_netns, dst);
     let sticky = parse(&first).0;
@@ -476,12 +435,9 @@ fn host_originated_clusterip_traffic_reaches_a_remote_backend_and_is_rejected_wi
     expect_refused(&c, &format!("host UDP {dst}"), udp_probe(&node1, dst, T));
 }
 
-/// Scenario 7b. KNOWN DATAPATH BUG (fails): np-local's ClusterIP from node1 is balanced over
-/// a1 (local) and b1 (remote). Connections to b1 work; those given a1 time out: tcpdump in
-/// node1 shows the translated SYN `192.168.50.1.64453 > 10.244.1.11.8080` leaving through the
-/// uplink instead of a1's veth. Likely cause: `route::redirect` does its FIB lookup with
-/// BPF_FIB_LOOKUP_OUTPUT and `ifindex` = the uplink, which constrains the lookup to the uplink
-/// (its default route) rather than the pod's /32 route.
+/// Scenario 7b: np-local's ClusterIP from node1 is balanced over a1 (local) and b1 (remote):
+/// the host egress program re-routes the translated packet to the backend's interface (a FIB
+/// lookup not bound to the interface the ClusterIP was routed to).
 #[test]
 fn host_originated_clusterip_traffic_is_balanced_over_local_and_remote_backends() {
     if !require_root("host_originated_clusterip_traffic_is_balanced_over_local_and_remote_backends") {

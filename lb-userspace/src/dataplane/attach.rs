@@ -150,6 +150,32 @@ pub fn load_xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(prog)
 }
 
+/// Lets an interface accept packets whose source is one of the node's own addresses: the
+/// datapath rewrites sources to the node's address before the kernel routes the packet
+/// (masquerade at XDP or tc ingress, and replies restored to a NodePort / local LB address),
+/// where netfilter would rewrite them after routing. Without `accept_local` the kernel drops
+/// them as "martian source"; strict reverse-path filtering (`rp_filter=1`) would too, so it is
+/// made loose (2) on the interface. Returns what it could not do.
+pub fn allow_local_sources(interface: &str) -> Vec<String> {
+    let conf = |i: &str, key: &str| PathBuf::from(format!("/proc/sys/net/ipv4/conf/{i}/{key}"));
+    let mut problems = Vec::new();
+    if let Err(e) = std::fs::write(conf(interface, "accept_local"), "1") {
+        problems.push(format!("setting accept_local on {interface}: {e}"));
+    }
+    let read = |i: &str| std::fs::read_to_string(conf(i, "rp_filter")).ok().and_then(|v| v.trim().parse::<u8>().ok());
+    if read(interface) == Some(1) {
+        if let Err(e) = std::fs::write(conf(interface, "rp_filter"), "2") {
+            problems.push(format!("making rp_filter loose on {interface}: {e}"));
+        }
+    }
+    if read("all") == Some(1) {
+        problems.push(format!(
+            "net.ipv4.conf.all.rp_filter=1 (strict) overrides {interface}'s: masqueraded and NodePort replies are dropped; set it to 2"
+        ));
+    }
+    problems
+}
+
 /// Which interfaces get which programs.
 #[derive(Clone, Debug)]
 pub struct Placement {
@@ -236,6 +262,11 @@ impl Attacher {
             match result {
                 Ok(how) => {
                     info!(interface = %name, ifindex = idx, "{how} {} ({})", hook.program(), hook.describe());
+                    if !self.attached.keys().any(|(n, _)| *n == name) {
+                        for problem in allow_local_sources(&name) {
+                            warn!("{problem}");
+                        }
+                    }
                     self.attached.insert((name, hook), idx);
                 }
                 Err(e) => warn!(interface = %name, hook = hook.describe(), "attach failed: {e:#}"),
