@@ -27,7 +27,11 @@ pub trait Frame: EbpfContext {
     /// changed from `from` to `to` (map representation). `pseudo`: the field is part of the
     /// pseudo-header (an address). `udp`: a zero checksum means none and stays zero.
     fn l4_csum_replace(&self, check_off: usize, from: u32, to: u32, size: u8, pseudo: bool, udp: bool) -> Result<(), ()>;
-    /// Grows or shrinks the packet to `len` bytes at the tail.
+    /// Makes the frame hold `len` bytes for a new packet of that length: tc resizes the skb to
+    /// exactly `len`; XDP only grows a shorter frame and otherwise leaves the extra bytes as
+    /// trailing padding (the frame goes to the kernel, which trims it to the IPv4 total length:
+    /// native XDP on veth loses frames shrunk with bpf_xdp_adjust_tail when they are backed by
+    /// a locally generated skb).
     fn set_len(&self, len: u32) -> Result<(), ()>;
     /// Tells the stack the checksums are in the packet (after building a new one).
     fn csum_reset(&self);
@@ -146,6 +150,9 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn set_len(&self, len: u32) -> Result<(), ()> {
         let delta = len as i32 - Frame::len(self) as i32;
+        if delta <= 0 {
+            return Ok(());
+        }
         // SAFETY: the context pointer is the program's own xdp_md.
         let rc = unsafe { bpf_xdp_adjust_tail(self.ctx, delta) };
         if rc != 0 {

@@ -265,9 +265,20 @@ fn reply<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     Verdict::Translated
 }
 
+/// When a REJECT reply cannot be built in an XDP frame (a frame shorter than the reply, on a
+/// driver without tailroom: native XDP on veth), whether the kernel can answer instead: the
+/// destination is one of the node's own addresses (a NodePort, a local LB IP), where no socket
+/// listens on a service's port, so the kernel itself sends the port unreachable (UDP) or a
+/// reset (TCP). Anything else is dropped, never routed un-NATed.
+#[inline(always)]
+pub fn kernel_can_reject<F: Frame>(f: &F) -> bool {
+    let Parsed::Ipv4(pkt) = parse::parse(f) else { return false };
+    service::is_node_addr(pkt.daddr)
+}
+
 /// Rewrites the frame into the REJECT reply; false (drop it) if that is impossible.
 #[inline(always)]
-pub fn build_reject<F: Frame>(f: &F) -> bool {
+pub fn build_reject<F: Frame>(f: &F, swap_macs: bool) -> bool {
     let Parsed::Ipv4(pkt) = parse::parse(f) else { return false };
-    reject::build(f, &pkt).is_ok()
+    reject::build(f, &pkt, swap_macs).is_ok()
 }

@@ -11,7 +11,7 @@
 //! | program | hook | traffic |
 //! |---|---|---|
 //! | `lb_pod_ingress` | tc ingress, pod-facing interfaces | pods → services; replies of pod backends |
-//! | `lb_uplink` | XDP, uplinks | external clients → services; replies of remote backends |
+//! | `lb_uplink` | XDP, uplinks | external clients → services; replies of remote backends; REJECTs routed back by the kernel |
 //! | `lb_host_egress` | tc egress, uplinks, pod-facing interfaces, `lo` | the node's own connections to services; replies of host-network backends |
 #![no_std]
 #![no_main]
@@ -31,7 +31,7 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{
-        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        xdp_action::{XDP_DROP, XDP_PASS},
         BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::bpf_redirect,
@@ -54,7 +54,7 @@ pub fn lb_pod_ingress(ctx: TcContext) -> i32 {
         Verdict::Pass | Verdict::Translated => TC_ACT_OK as i32,
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Reject => {
-            if !lb::build_reject(&ctx) {
+            if !lb::build_reject(&ctx, true) {
                 return TC_ACT_SHOT as i32;
             }
             // SAFETY: no preconditions.
@@ -72,7 +72,7 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
         Verdict::Translated => route::redirect(&ctx),
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Reject => {
-            if !lb::build_reject(&ctx) {
+            if !lb::build_reject(&ctx, true) {
                 return TC_ACT_SHOT as i32;
             }
             // SAFETY: no preconditions.
@@ -82,15 +82,15 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
 }
 
 /// XDP on uplinks: external clients to NodePorts, ExternalIPs, LoadBalancer IPs (and routed
-/// ClusterIPs); replies from remote backends. REJECTs are transmitted back at once.
+/// ClusterIPs); replies from remote backends. REJECTs are handed to the kernel to route back.
 #[xdp]
 pub fn lb_uplink(ctx: XdpContext) -> u32 {
     match lb::process(&ctx) {
         Verdict::Pass | Verdict::Translated => XDP_PASS,
         Verdict::Drop => XDP_DROP,
         Verdict::Reject => {
-            if lb::build_reject(&ctx) {
-                XDP_TX
+            if lb::build_reject(&ctx, false) || lb::kernel_can_reject(&ctx) {
+                XDP_PASS
             } else {
                 XDP_DROP
             }

@@ -31,11 +31,17 @@ pub fn classify(saddr: u32, cfg: &Config) -> Source {
     if cfg.flags & config_flags::DETECT_LOCAL != 0 && LB_LOCAL_CIDRS.get(&Key::new(32, saddr.to_ne_bytes())).is_some() {
         return Source::Pod;
     }
-    // SAFETY: only presence is read.
-    if unsafe { LB_NODE_ADDRS.get(&saddr).is_some() } {
+    if is_node_addr(saddr) {
         return Source::Host;
     }
     Source::External
+}
+
+/// Whether `addr` is one of this node's own addresses.
+#[inline(always)]
+pub fn is_node_addr(addr: u32) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { LB_NODE_ADDRS.get(&addr).is_some() }
 }
 
 /// loadBalancerSourceRanges: whether `saddr` may open connections to service port `svc_id`.

@@ -169,8 +169,10 @@ pub fn run(req: &TraceRequest) -> Result<TraceDetails> {
         }
         .context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
+        // A REJECT is the frame turned into an ICMP port unreachable: redirected back by tc,
+        // passed to the kernel to route back by XDP (or transmitted back).
         let (dropped, sent_back) = match entry {
-            Entry::Uplink => (result.return_value == XDP_DROP, result.return_value == XDP_TX),
+            Entry::Uplink => (result.return_value == XDP_DROP, matches!(result.return_value, XDP_TX | XDP_PASS)),
             _ => (result.return_value == TC_ACT_SHOT, result.return_value == TC_ACT_REDIRECT),
         };
         let passed = match entry {

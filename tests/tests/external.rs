@@ -311,12 +311,10 @@ fn service_without_endpoints_rejects_tcp_and_udp() {
     check_reject(&c);
 }
 
-/// Scenario 4 with native XDP on the veth uplinks. KNOWN FAILURE (datapath or veth, not
-/// settled): the external REJECTs the XDP program builds and sends with XDP_TX are counted by
-/// the uplink (`ethtool -S uplink`: rx_queue_0_xdp_tx grows, no xdp_tx_errors, the LAN peer has
-/// GRO on) but never reach the client's stack (tcpdump on the peer veth captures nothing; its
-/// RX counters grow by one 28- or 42-byte packet at most), so the client times out. The same
-/// frames in generic XDP mode arrive (the test above). The pods' REJECTs (tc) work.
+/// Scenario 4 (E1) with native XDP on the veth uplinks: the XDP program turns the packet into
+/// the ICMP port unreachable and hands it to the kernel, which routes it back to the client.
+/// (XDP_TX was lost here: native veth XDP drops XDP_TX frames built from locally generated
+/// skbs.)
 #[test]
 fn service_without_endpoints_rejects_tcp_and_udp_native_xdp() {
     if !require_root("service_without_endpoints_rejects_tcp_and_udp_native_xdp") {

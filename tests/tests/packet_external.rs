@@ -29,7 +29,6 @@ use lb_userspace::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -269,7 +268,8 @@ fn external_traffic_policy_local() {
 }
 
 /// E1 on the uplink: a NodePort without endpoints is answered with an ICMP port unreachable
-/// transmitted back (XDP_TX).
+/// handed to the kernel (XDP_PASS) to route back to the client: the frame stays addressed to
+/// this node.
 #[test]
 fn xdp_rejects_nodeport_without_endpoints() {
     if !require_root("xdp_rejects_nodeport_without_endpoints") {
@@ -278,9 +278,9 @@ fn xdp_rejects_nodeport_without_endpoints() {
     let mut h = Harness::new();
     let syn = tcp(EXTERNAL, 43000, NODE, 30082, true);
     let (rc, out) = h.xdp(&syn);
-    assert_eq!(rc, XDP_TX);
+    assert_eq!(rc, XDP_PASS);
     assert!(packet::is_port_unreachable(&out), "ICMP port unreachable with valid checksums");
-    assert_eq!(&out[..6], &syn[6..12], "to the sender's MAC");
+    assert_eq!(&out[..12], &syn[..12], "Ethernet addresses kept: the kernel routes it");
     assert_eq!(&out[14 + 12..14 + 16], &NODE.octets(), "from the NodePort address");
     assert_eq!(&out[14 + 16..14 + 20], &EXTERNAL.octets());
     assert_eq!(h.counter(Counter::RejectNoEndpoint), 1);
