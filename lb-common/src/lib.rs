@@ -11,5 +11,6 @@ pub mod hash;
 #[cfg(feature = "std")]
 pub mod maglev;
 pub mod maps;
+pub mod pktgen;
 
 pub use maps::*;

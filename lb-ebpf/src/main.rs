@@ -14,6 +14,7 @@ mod maps;
 mod nat;
 mod noop;
 mod parse;
+mod pktgen;
 mod service;
 mod stats;
 

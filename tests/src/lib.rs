@@ -6,6 +6,7 @@ pub mod agent;
 pub mod baseline;
 pub mod client;
 pub mod fakeapi;
+pub mod netbench;
 pub mod netns;
 pub mod privileges;
 pub mod topo;
