@@ -424,13 +424,17 @@ pub fn measure_impl(o: &Options, which: &str, id: &str, start: &mut u64, log: &m
             ];
             let caps: Vec<String> = caps.iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect();
             let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-            let agent_running = crate::agent::Agent::start_with(
+            let t0 = Instant::now();
+            let mut agent_running = crate::agent::Agent::spawn_with(
                 Some(&t.node),
                 &["--manifests", dir.to_str().context("path")?],
                 &t.pattern,
                 &bpffs,
                 &caps,
             )?;
+            // Tens of thousands of services take a while to parse, translate and program.
+            agent_running.wait_ready(Duration::from_secs(600))?;
+            out["agent_ready_s"] = json!(t0.elapsed().as_secs_f64());
             manifests = Some(dir);
             let pid = agent_running.pid().context("agent pid")?;
             let (rss, hwm) = rss_kib(pid);

@@ -285,7 +285,7 @@ fn markdown(points: &[Point], nets: &[(u32, Value)], maglev: &Value, meta: &str)
                 Some(format!("{:.0} ({:.0}–{:.0}){ratio}", s.median, s.min, s.max))
             },
         );
-        md.push_str("Agent memory: VmRSS / VmHWM (/proc/<pid>/status) of the real lb-agent once ready with N services, and the kernel-accounted map memory of the writer (above).\n\n| services | agent VmRSS (MiB) | agent VmHWM (MiB) | map memory (MiB) | agent start to ready (s) |\n|---:|---:|---:|---:|---:|\n");
+        md.push_str("Agent memory: VmRSS / VmHWM (/proc/<pid>/status) of the real lb-agent once ready with N services, and the kernel-accounted map memory of the writer (above).\n\n| services | agent VmRSS (MiB) | agent VmHWM (MiB) | map memory (MiB) | agent start to ready (s), manifest file of N services |\n|---:|---:|---:|---:|---:|\n");
         for (n, net) in nets {
             let o = &net["impls"]["ours"];
             let mib = |k: &str| o[k].as_f64().map(|v| format!("{:.1}", v / 1024.0)).unwrap_or_else(|| "–".into());
@@ -295,7 +295,7 @@ fn markdown(points: &[Point], nets: &[(u32, Value)], maglev: &Value, meta: &str)
                 mib("agent_rss_kib"),
                 mib("agent_hwm_kib"),
                 maps.map(|m| format!("{m:.1}")).unwrap_or_else(|| "–".into()),
-                o["setup_s"].as_f64().map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into()),
+                o["agent_ready_s"].as_f64().map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into()),
             ));
         }
         md.push('\n');
