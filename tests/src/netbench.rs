@@ -226,6 +226,15 @@ impl Drop for Server {
     }
 }
 
+/// A directory removed on drop (the agent's manifests, also on an error path).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Writes `services` as Service and EndpointSlice objects (a JSON stream) for lb-agent.
 pub fn write_manifests(path: &Path, services: &[baseline::BaselineService]) -> Result<()> {
     let mut out = String::with_capacity(services.len() * 600);
@@ -406,8 +415,9 @@ pub fn measure_impl(o: &Options, which: &str, id: &str, start: &mut u64, log: &m
     let _server = Server::start(&t.back, ENDPOINT_PORT, o.rate_threads.max(2))?;
 
     let setup = Instant::now();
+    // Dropped after the agent (reverse order of declaration).
+    let mut _manifests: Option<RemoveOnDrop> = None;
     let mut agent = None;
-    let mut manifests: Option<PathBuf> = None;
     let bpffs = PathBuf::from(format!("/sys/fs/bpf/lbbench-{id}"));
     match which {
         "floor" => {}
@@ -415,6 +425,7 @@ pub fn measure_impl(o: &Options, which: &str, id: &str, start: &mut u64, log: &m
             let dir = std::env::temp_dir().join(format!("lbbench-{id}-manifests"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
+            _manifests = Some(RemoveOnDrop(dir.clone()));
             write_manifests(&dir.join("services.json"), &set)?;
             let (n, e) = (o.services as u32, o.endpoints as u32);
             let caps = [
@@ -435,7 +446,6 @@ pub fn measure_impl(o: &Options, which: &str, id: &str, start: &mut u64, log: &m
             // Tens of thousands of services take a while to parse, translate and program.
             agent_running.wait_ready(Duration::from_secs(600))?;
             out["agent_ready_s"] = json!(t0.elapsed().as_secs_f64());
-            manifests = Some(dir);
             let pid = agent_running.pid().context("agent pid")?;
             let (rss, hwm) = rss_kib(pid);
             out["agent_rss_kib"] = json!(rss);
@@ -477,10 +487,11 @@ pub fn measure_impl(o: &Options, which: &str, id: &str, start: &mut u64, log: &m
         rates.push(connection_rate(&t.cli, svc_addr, o.rate_threads, o.rate_secs)?);
     }
     out["conn_per_s"] = stat(&mut rates);
+    let log = agent.as_ref().map(|a: &crate::agent::Agent| a.log_path.clone());
     drop(agent);
     let _ = std::fs::remove_dir_all(&bpffs);
-    if let Some(dir) = manifests {
-        let _ = std::fs::remove_dir_all(dir);
+    if let Some(log) = log {
+        let _ = std::fs::remove_file(log);
     }
     Ok(out)
 }
