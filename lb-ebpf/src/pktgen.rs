@@ -4,8 +4,8 @@
 //! run gets the header template copied back over it (recycled pages keep earlier rewrites),
 //! the flow fields of frame number `counter` (a per-CPU counter) and both checksums (see
 //! `lb_common::pktgen`), and is then transmitted (`XDP_TX` on the interface of the run) or
-//! dropped (the generator's own floor). `lb_pktgen_sink` counts and drops the IPv4 frames that arrive at a
-//! backend.
+//! dropped (the generator's own floor). `lb_pktgen_sink` counts and drops the IPv4 frames
+//! that arrive at a backend (everything else, ARP included, passes).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
