@@ -13,6 +13,7 @@ pub mod icmp;
 #[cfg(feature = "std")]
 pub mod maglev;
 pub mod maps;
+pub mod pktgen;
 pub mod policy;
 
 pub use maps::*;

@@ -24,6 +24,7 @@ mod maps;
 mod nat;
 mod noop;
 mod parse;
+mod pktgen;
 mod reject;
 mod route;
 mod service;

@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod client;
 pub mod cluster;
 pub mod fakeapi;
+pub mod netbench;
 pub mod netns;
 pub mod privileges;
 pub mod topo;

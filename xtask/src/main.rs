@@ -44,7 +44,9 @@ enum Cmd {
     /// ClusterIP, a backend removed, everything cleaned up.
     Demo,
     /// Benchmarks (release build): datapath ns/packet against the no-op floor, control-plane
-    /// timings and map memory across service counts; results in target/bench/<timestamp>/.
+    /// timings and map memory across service counts, and through a netns topology (live-frames
+    /// packet generator, connect latency, connections/s, agent RSS) against kube-proxy-shaped
+    /// iptables/nftables rules; results and SVG plots in target/bench/<timestamp>/.
     Bench {
         /// A smoke run of a few seconds.
         #[arg(long)]
@@ -125,7 +127,10 @@ fn build_and_load(ifaces: Vec<String>, manifests: Option<PathBuf>, agent_args: V
 fn bench(quick: bool, bench_args: Vec<String>) -> Result<()> {
     setup::setup()?;
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb-bench", "-p", "lb-tests", "--bin", "lb-baseline"]);
+    // lb-bench runs lb-baseline (rule-set loads), lb-netbench (netns topology figures), which
+    // runs lb-pktgen (the live-frames generator) and lb-agent: all next to each other.
+    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb-bench", "--bin", "lb-pktgen", "--bin", "lb-agent"]);
+    cmd.args(["-p", "lb-tests", "--bin", "lb-baseline", "--bin", "lb-netbench"]);
     run(cmd)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let out = workspace_root().join("target/bench").join(stamp.to_string());

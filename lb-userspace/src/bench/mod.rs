@@ -2,6 +2,8 @@
 //! reported as ratios to a floor measured in the same run, plus medians with min/max.
 
 pub mod datapath;
+pub mod pktgen;
+pub mod plot;
 
 use std::net::Ipv4Addr;
 
