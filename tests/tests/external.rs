@@ -132,8 +132,18 @@ fn write_services(c: &Cluster) {
                 &[("a1", true), ("a2", true), ("b1", true), ("b2", true)],
             ),
         ),
-        // 6: LoadBalancer eTP=Local with a healthCheckNodePort.
+        // 6: LoadBalancer eTP=Local with a healthCheckNodePort (LB IP 192.168.50.200).
         ("lb-hc", lb_hc(true)),
+        // 8: LoadBalancer eTP=Cluster, LB IP 192.168.50.201, the only backend on node2.
+        (
+            "lb-cluster",
+            service(
+                "lb-cluster",
+                &spec("LoadBalancer", "10.96.0.18", 30088, 30098, "Cluster", ""),
+                "status:\n  loadBalancer:\n    ingress:\n    - {ip: 192.168.50.201}\n",
+                &[("b1", true)],
+            ),
+        ),
     ];
     for (name, text) in files {
         c.write_manifest(&format!("svc-{name}.yaml"), &text).unwrap();
@@ -451,4 +461,31 @@ fn host_originated_clusterip_traffic_is_balanced_over_local_and_remote_backends(
         names.insert(parse(&answer).0);
     }
     assert_eq!(names, BTreeSet::from(["a1".to_string(), "b1".to_string()]), "node → ClusterIP uses cluster endpoints");
+}
+
+/// Scenario 8 (D6, H2, H3): LoadBalancer IPs from outside. The "cloud load balancer" is a /32
+/// route on the client towards node1, which holds neither address. eTP=Local (lb-hc, a1 on
+/// node1): the backend sees the client's address; eTP=Cluster (lb-cluster, b1 on node2):
+/// masqueraded to node1's address. The client's peer is the LB IP both times.
+#[test]
+fn load_balancer_ips_from_outside_with_both_policies() {
+    if !require_root("load_balancer_ips_from_outside_with_both_policies") {
+        return;
+    }
+    let c = setup("x8");
+    for lb in ["192.168.50.200", "192.168.50.201"] {
+        lb_tests::netns::ip_netns(&c.client_netns, &["route", "add", &format!("{lb}/32"), "via", &NODE1.to_string()]).unwrap();
+    }
+    for (lb, backend, seen) in [
+        (Ipv4Addr::new(192, 168, 50, 200), "a1", CLIENT_IP.to_string()),
+        (Ipv4Addr::new(192, 168, 50, 201), "b1", NODE1.to_string()),
+    ] {
+        let dst = SocketAddrV4::new(lb, 80);
+        first_answer(&c, &c.client_netns, dst);
+        for _ in 0..10 {
+            let (answer, peer) = tcp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(&c, format!("{dst}: {e}")));
+            assert_eq!(parse(&answer), (backend.to_string(), seen.clone()), "{dst}");
+            assert_eq!(peer, SocketAddr::V4(dst), "the client talks to the LB IP");
+        }
+    }
 }

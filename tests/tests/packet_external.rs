@@ -90,7 +90,15 @@ spec:
   ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
 "#;
 
-fn slice(service: &str, ports: &str) -> String {
+/// A slice of three endpoints; `not_ready` is listed but not ready (not in any usable set).
+fn slice(service: &str, ports: &str, not_ready: Option<&str>) -> String {
+    let endpoints: String = [("10.244.1.11", "node1"), ("10.244.2.21", "node2"), ("10.244.2.22", "node2")]
+        .into_iter()
+        .map(|(ip, node)| {
+            let ready = Some(ip) != not_ready;
+            format!("- {{addresses: [{ip}], nodeName: {node}, conditions: {{ready: {ready}}}}}\n")
+        })
+        .collect();
     format!(
         r#"
 ---
@@ -103,31 +111,34 @@ metadata:
 addressType: IPv4
 ports: {ports}
 endpoints:
-- {{addresses: [10.244.1.11], nodeName: node1}}
-- {{addresses: [10.244.2.21], nodeName: node2}}
-- {{addresses: [10.244.2.22], nodeName: node2}}
-"#
+{endpoints}"#
     )
+}
+
+/// The translated manifests; the `sticky` service's endpoint `sticky_not_ready` not ready.
+fn desired(sticky_not_ready: Option<&str>) -> lb_userspace::model::DesiredState {
+    let mut yaml = MANIFESTS.to_string();
+    let http = "[{name: http, port: 8080, protocol: TCP}]";
+    yaml.push_str(&slice("cluster", "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]", None));
+    yaml.push_str(&slice("local", http, None));
+    yaml.push_str(&slice("lb", http, None));
+    yaml.push_str(&slice("sticky", http, sticky_not_ready));
+    let report = manifests::parse_str(&yaml, "test.yaml");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node = NodeInfo { name: "node1".into(), labels: Default::default() };
+    let (desired, errors) = translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    desired
 }
 
 struct Harness {
     ebpf: Ebpf,
-    _writer: Writer,
+    writer: Writer,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let mut yaml = MANIFESTS.to_string();
-        let http = "[{name: http, port: 8080, protocol: TCP}]";
-        yaml.push_str(&slice("cluster", "[{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]"));
-        yaml.push_str(&slice("local", http));
-        yaml.push_str(&slice("lb", http));
-        yaml.push_str(&slice("sticky", http));
-        let report = manifests::parse_str(&yaml, "test.yaml");
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let node = NodeInfo { name: "node1".into(), labels: Default::default() };
-        let (desired, errors) = translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());
-        assert!(errors.is_empty(), "{errors:?}");
+        let desired = desired(None);
         let flags =
             ProxyFlags { cluster_cidr: vec!["10.244.0.0/16".parse().unwrap()], node_ip: vec![NODE], ..Default::default() };
         let node_net = flags.node_net(None, &[NODE]).unwrap();
@@ -147,7 +158,12 @@ impl Harness {
         load_xdp_program(&mut ebpf).expect("verifier accepts lb_uplink");
         load_tc_program(&mut ebpf, names::PROG_HOST_EGRESS).expect("verifier accepts lb_host_egress");
         load_tc_program(&mut ebpf, names::PROG_POD_INGRESS).expect("verifier accepts lb_pod_ingress");
-        Harness { ebpf, _writer: writer }
+        Harness { ebpf, writer }
+    }
+
+    fn apply(&mut self, desired: &lb_userspace::model::DesiredState) {
+        let report = self.writer.apply(desired);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
     fn xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -326,6 +342,16 @@ fn session_affinity_pins_a_client_to_one_endpoint() {
         .map(|sport| assert_valid(&h.tc(names::PROG_POD_INGRESS, &tcp(other, sport, vip, 80, true)).1).dst)
         .collect();
     assert_eq!(firsts.len(), 1);
+
+    // F3: the affine endpoint leaves the usable set (still listed, not ready: its backend entry
+    // stays): the next connection picks another one, which is sticky from then on.
+    let gone = seen.into_iter().next().unwrap();
+    h.apply(&desired(Some(&gone.to_string())));
+    let after: BTreeSet<Ipv4Addr> = (47000..47020u16)
+        .map(|sport| assert_valid(&h.tc(names::PROG_POD_INGRESS, &tcp(POD, sport, vip, 80, true)).1).dst)
+        .collect();
+    assert_eq!(after.len(), 1, "sticky again: {after:?}");
+    assert!(!after.contains(&gone), "never the endpoint that left");
 }
 
 /// The node's own connection (tc egress): a ClusterIP is DNATed (and, with a detector,
