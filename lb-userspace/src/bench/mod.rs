@@ -2,6 +2,7 @@
 //! reported as ratios to a floor measured in the same run, plus medians with min/max.
 
 pub mod datapath;
+pub mod kpktgen;
 pub mod pktgen;
 pub mod plot;
 

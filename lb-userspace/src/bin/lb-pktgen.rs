@@ -12,7 +12,10 @@ use std::{net::Ipv4Addr, time::Duration};
 use anyhow::{Context, Result};
 use clap::Parser;
 use lb_userspace::{
-    bench::pktgen::{mac_of, settle, FrameSpec, Generator, XdpAttachment, PROG_NOOP, PROG_SINK},
+    bench::{
+        kpktgen::{self, Engine},
+        pktgen::{in_netns, mac_of, settle, FrameSpec, Generator, XdpAttachment, PROG_NOOP, PROG_SINK},
+    },
     model::Protocol,
 };
 
@@ -75,9 +78,12 @@ struct Args {
     /// CPU the generator thread is pinned to.
     #[arg(long, default_value_t = 0)]
     cpu: usize,
-    /// Drop every frame in the generator instead of transmitting (its own cost).
+    /// Drop every frame in the generator instead of transmitting (its own cost; XDP only).
     #[arg(long)]
     drop: bool,
+    /// The generator: the kernel's pktgen where it exists (UDP only), else XDP live frames.
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: Engine,
 }
 
 #[derive(serde::Serialize)]
@@ -113,7 +119,24 @@ fn main() -> Result<()> {
         Some(i) => Some(XdpAttachment::attach(a.sink_netns.as_deref(), i, PROG_SINK)?),
         None => None,
     };
-    let mut generator = Generator::new(spec, !a.drop)?;
+    let pktgen = in_netns(a.netns.as_deref(), || Ok(kpktgen::available()))?;
+    let engine = a.engine.resolve(proto, pktgen)?;
+    anyhow::ensure!(!(a.drop && engine == Engine::Kernel), "--drop needs the XDP generator");
+    let mut generator = match engine {
+        Engine::Kernel => None,
+        _ => Some(Generator::new(spec.clone(), !a.drop)?),
+    };
+    // One run of `count` frames starting at frame number `start` (the XDP generator numbers
+    // flows from it; pktgen restarts its flow ranges every run).
+    let mut send = |count: u32, start: u64| -> Result<lb_userspace::bench::pktgen::RunStats> {
+        match generator.as_mut() {
+            Some(g) => g.run(a.netns.as_deref(), &a.iface, count, a.batch, start, a.cpu),
+            None => {
+                let cmds = kpktgen::commands(&spec, &a.iface, count, a.cpu)?;
+                in_netns(a.netns.as_deref(), || kpktgen::run(&a.iface, &cmds))
+            }
+        }
+    };
     let counted = || -> Result<u64> {
         match &sink {
             Some(s) => Ok(settle(|| Ok(s.sink_counts()?.0), Duration::from_millis(20), Duration::from_secs(2))?),
@@ -122,20 +145,21 @@ fn main() -> Result<()> {
     };
     let mut start = a.start;
     if a.warmup > 0 {
-        generator.run(a.netns.as_deref(), &a.iface, a.warmup, a.batch, start, a.cpu)?;
+        send(a.warmup, start)?;
         start += a.warmup as u64;
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut runs = Vec::new();
     for _ in 0..a.repeats {
         let before = counted()?;
-        let stats = generator.run(a.netns.as_deref(), &a.iface, a.count, a.batch, start, a.cpu)?;
+        let stats = send(a.count, start)?;
         start += a.count as u64;
         let delivered = sink.as_ref().map(|_| counted().map(|after| after - before)).transpose()?;
         runs.push(Run { stats, delivered });
     }
     let mac = dst_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let out = serde_json::json!({ "frame_len": a.size, "dst_mac": mac, "next_start": start, "runs": runs });
+    let engine = if engine == Engine::Kernel { "pktgen" } else { "xdp-live-frames" };
+    let out = serde_json::json!({ "engine": engine, "frame_len": a.size, "dst_mac": mac, "next_start": start, "runs": runs });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
