@@ -121,7 +121,7 @@ pub fn run(iface: &str, commands: &[(String, String)]) -> Result<RunStats> {
     Ok(RunStats {
         frames,
         elapsed_ns,
-        kernel_ns_per_frame: if frames == 0 { 0 } else { usec * 1000 / frames },
+        kernel_ns_per_frame: (usec * 1000).checked_div(frames).unwrap_or(0),
         cpu_ns: super::pktgen::thread_cpu_ns().saturating_sub(cpu_before),
     })
 }
