@@ -217,7 +217,11 @@ fn agent_is_unprivileged_with_the_minimum_capabilities() {
     assert_eq!(bpffs.mount_path, "/sys/fs/bpf", "--bpffs defaults to /sys/fs/bpf/lb");
     assert_eq!(bpffs.read_only, None);
     assert_eq!(bpffs.mount_propagation.as_deref(), Some("HostToContainer"));
-    host_mount("/sys/fs/cgroup");
+    // The host's network sysctls, writable, where --proc-sys points.
+    let sysctls = host_mount("/proc/sys/net");
+    assert_ne!(sysctls.read_only, Some(true), "the agent writes accept_local / rp_filter");
+    let proc_sys = flag(c.args.as_deref().unwrap_or_default(), "proc-sys").expect("--proc-sys");
+    assert_eq!(sysctls.mount_path, format!("{proc_sys}/net"));
     // The API server: "Bidirectional mount propagation is available only to privileged containers".
     for m in mounts {
         assert_ne!(m.mount_propagation.as_deref(), Some("Bidirectional"), "{}: rejected for an unprivileged container", m.name);

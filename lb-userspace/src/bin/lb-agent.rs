@@ -79,6 +79,12 @@ struct Args {
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
 
+    /// The node's /proc/sys, where the agent lets its interfaces accept packets with a local
+    /// source address (accept_local, loose rp_filter: the datapath rewrites sources before the
+    /// kernel routes them). A container mounts the host's here writable.
+    #[arg(long, default_value = "/proc/sys")]
+    proc_sys: PathBuf,
+
     /// Remove everything a previous agent left under --bpffs (maps and attachments), then exit
     /// (like kube-proxy's --cleanup).
     #[arg(long)]
@@ -400,7 +406,7 @@ async fn run(args: Args) -> Result<()> {
         scheduler.done(Instant::now(), ok);
     }
 
-    let mut attacher = Attacher::new(pins.links_dir())?;
+    let mut attacher = Attacher::new(pins.links_dir(), args.proc_sys.clone())?;
     attacher.reconcile(&mut ebpf, &selector).context("attaching")?;
     for old in pins.remove_other_versions()? {
         info!(path = %old.display(), "removed maps of another layout version (links taken over)");

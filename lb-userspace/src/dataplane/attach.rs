@@ -7,7 +7,10 @@
 //! pin and swaps its freshly loaded program into the existing link (`bpf_link_update`, atomic:
 //! no packet is ever without a program), so restarts and upgrades are hitless.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -155,9 +158,11 @@ pub fn load_xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// (masquerade at XDP or tc ingress, and replies restored to a NodePort / local LB address),
 /// where netfilter would rewrite them after routing. Without `accept_local` the kernel drops
 /// them as "martian source"; strict reverse-path filtering (`rp_filter=1`) would too, so it is
-/// made loose (2) on the interface. Returns what it could not do.
-pub fn allow_local_sources(interface: &str) -> Vec<String> {
-    let conf = |i: &str, key: &str| PathBuf::from(format!("/proc/sys/net/ipv4/conf/{i}/{key}"));
+/// made loose (2) on the interface, and on `all` if that is strict (the effective value is the
+/// larger of the two). `proc_sys` is the node's `/proc/sys` (the DaemonSet mounts the host's,
+/// writable). Returns what it changed host-wide or could not do, for the log.
+pub fn allow_local_sources(proc_sys: &Path, interface: &str) -> Vec<String> {
+    let conf = |i: &str, key: &str| proc_sys.join(format!("net/ipv4/conf/{i}/{key}"));
     let mut problems = Vec::new();
     if let Err(e) = std::fs::write(conf(interface, "accept_local"), "1") {
         problems.push(format!("setting accept_local on {interface}: {e}"));
@@ -169,9 +174,15 @@ pub fn allow_local_sources(interface: &str) -> Vec<String> {
         }
     }
     if read("all") == Some(1) {
-        problems.push(format!(
-            "net.ipv4.conf.all.rp_filter=1 (strict) overrides {interface}'s: masqueraded and NodePort replies are dropped; set it to 2"
-        ));
+        problems.push(match std::fs::write(conf("all", "rp_filter"), "2") {
+            Ok(()) => "net.ipv4.conf.all.rp_filter changed from 1 (strict) to 2 (loose): strict reverse-path filtering \
+                       drops masqueraded packets and NodePort replies"
+                .to_string(),
+            Err(e) => format!(
+                "net.ipv4.conf.all.rp_filter=1 (strict) overrides {interface}'s and could not be changed ({e}): \
+                 masqueraded packets and NodePort replies will be dropped; set it to 2"
+            ),
+        });
     }
     problems
 }
@@ -213,15 +224,17 @@ impl Placement {
 /// The programs attached, as pinned links.
 pub struct Attacher {
     dir: PathBuf,
+    /// The node's `/proc/sys` (see [`allow_local_sources`]).
+    proc_sys: PathBuf,
     /// (interface, hook) → ifindex it had when attached.
     attached: BTreeMap<(String, Hook), u32>,
 }
 
 impl Attacher {
-    /// Attachments pinned under `dir` (created if missing).
-    pub fn new(dir: PathBuf) -> Result<Attacher> {
+    /// Attachments pinned under `dir` (created if missing); sysctls written under `proc_sys`.
+    pub fn new(dir: PathBuf, proc_sys: PathBuf) -> Result<Attacher> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Attacher { dir, attached: BTreeMap::new() })
+        Ok(Attacher { dir, proc_sys, attached: BTreeMap::new() })
     }
 
     fn pin_path(&self, interface: &str, hook: Hook) -> PathBuf {
@@ -263,7 +276,7 @@ impl Attacher {
                 Ok(how) => {
                     info!(interface = %name, ifindex = idx, "{how} {} ({})", hook.program(), hook.describe());
                     if !self.attached.keys().any(|(n, _)| *n == name) {
-                        for problem in allow_local_sources(&name) {
+                        for problem in allow_local_sources(&self.proc_sys, &name) {
                             warn!("{problem}");
                         }
                     }
