@@ -26,7 +26,18 @@ fn quick_bench_runs_and_writes_json_markdown_and_plots() {
     let points = json["points"].as_array().unwrap();
     assert_eq!(points.iter().map(|p| p["services"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 100, 1000]);
     for p in points {
-        for figure in ["noop_xdp_ns", "noop_tc_ns", "non_service_ns", "established_ns", "new_flow_ns"] {
+        for figure in [
+            "noop_xdp_ns",
+            "noop_tc_ns",
+            "non_service_ns",
+            "established_ns",
+            "new_flow_ns",
+            "noop_xdp_single_ns",
+            "xdp_non_service_ns",
+            "xdp_established_ns",
+            "xdp_new_flow_ns",
+            "xdp_nodeport_new_flow_ns",
+        ] {
             assert_stat(&p[figure], figure);
         }
         assert!(p["map_memory_bytes"].as_u64().unwrap() > 0);
@@ -104,16 +115,17 @@ fn quick_bench_runs_and_writes_json_markdown_and_plots() {
     }
 
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    // Two datapath/control-plane tables, four netns tables and the memory table (one row per
-    // sweep point each), the Maglev table.
+    // Three datapath/control-plane tables (tc, XDP), four netns tables and the memory table (one
+    // row per sweep point each), the Maglev table.
     let rows = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| services") && !l.starts_with("| backends")).count();
-    assert_eq!(rows, 7 * 3 + maglev.len(), "{md}");
+    assert_eq!(rows, 8 * 3 + maglev.len(), "{md}");
     for heading in [
         "## Through a node (netns topology)",
         "First packet",
         "TCP connect latency",
         "New connections per second",
         "## Maglev quality",
+        "The uplink's XDP program",
     ] {
         assert!(md.contains(heading), "no {heading} in results.md");
     }

@@ -8,6 +8,10 @@
 //!   every repeat is a conntrack hit with a full DNAT + checksum rewrite;
 //! - new flow: one run per fresh source port (conntrack miss, Maglev, two LRU inserts, DNAT),
 //!   compared with the no-op tc program timed the same way (one run per call);
+//! - the same three through the uplink's XDP program (`lb_uplink`, an external client: the
+//!   established bounce and the new flows are ClusterIPs reached from outside, which with no
+//!   local traffic detector are not masqueraded), against the no-op XDP program; plus new
+//!   flows to a NodePort (DNAT + masquerade: a port reserved with a conntrack insert);
 //! - control plane: programming N services from empty, and one endpoint change (p50/p99);
 //! - map memory as the kernel accounts it.
 
@@ -21,7 +25,12 @@ use aya::{
 
 use super::{service_port, synthetic, synthetic_vip, Stat};
 use crate::{
-    dataplane::{attach::load_pod_program, load_object, writer::Writer, Capacity, MapSet},
+    dataplane::{
+        attach::{load_pod_program, load_xdp_program},
+        load_object,
+        writer::{NodeNet, Writer},
+        Capacity, MapSet,
+    },
     model::{Protocol, ServicePortName},
     packet,
 };
@@ -51,6 +60,18 @@ pub struct Point {
     /// One run per call, like `new_flow_ns`: the floor for it.
     pub noop_tc_single_ns: Stat,
     pub new_flow_ns: Stat,
+    /// `lb_uplink` (XDP): non-service, established, new flow, new NodePort flow (masqueraded).
+    pub xdp_non_service_ns: Stat,
+    pub xdp_established_ns: Stat,
+    /// One run per call, like the XDP new-flow figures: their floor.
+    pub noop_xdp_single_ns: Stat,
+    pub xdp_new_flow_ns: Stat,
+    pub xdp_nodeport_new_flow_ns: Stat,
+    /// Ratios of medians to the no-op XDP program's (same timing method).
+    pub xdp_non_service_ratio: f64,
+    pub xdp_established_ratio: f64,
+    pub xdp_new_flow_ratio: f64,
+    pub xdp_nodeport_new_flow_ratio: f64,
     /// Ratios of medians to the no-op tc program's (same timing method).
     pub non_service_ratio: f64,
     pub established_ratio: f64,
@@ -65,8 +86,12 @@ pub struct Point {
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+/// The uplink figures' client (nothing is local without a detector: same as CLIENT there).
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const PING: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
 const PONG: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+const NODE_PORT: u16 = 30080;
 
 fn run_tc(prog: &mut SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
     let mut out = vec![0u8; frame.len() + 64];
@@ -97,14 +122,16 @@ pub fn measure(o: &Options) -> Result<Point> {
     let (n, e) = (o.services, o.endpoints);
     let cap = Capacity {
         max_frontends: 2 * n + 64,
+        conntrack_entries: 65_536.max(o.new_flows * 8),
         max_service_ports: n + 16,
         max_backends: n * e + 64,
-        conntrack_entries: 65_536.max(o.new_flows * 4),
         ..Capacity::default()
     };
     let mut ebpf = load_object(&cap, None)?;
     let maps = MapSet::take(&mut ebpf, &cap, None)?;
     let mut writer = Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT)?;
+    // A node address for NodePorts and masquerade; no local traffic detector.
+    writer.set_node(&NodeNet { nodeport_ips: vec![NODE], local_ips: vec![NODE], snat_ip: Some(NODE), ..NodeNet::default() })?;
 
     let mut desired = synthetic(n, e);
     for (name, vip, backend) in [("ping", PING, PONG), ("pong", PONG, PING)] {
@@ -112,6 +139,11 @@ pub fn measure(o: &Options) -> Result<Point> {
             ServicePortName { namespace: "bench".into(), name: name.into(), port_name: "http".into(), protocol: Protocol::Tcp };
         desired.services.insert(sp, service_port(vip, 80, &[(backend, 80)]));
     }
+    let np =
+        ServicePortName { namespace: "bench".into(), name: "nodeport".into(), port_name: "http".into(), protocol: Protocol::Tcp };
+    let mut np_state = service_port(Ipv4Addr::new(10, 255, 0, 3), 80, &[(Ipv4Addr::new(10, 254, 0, 1), 8080)]);
+    np_state.node_port = Some(NODE_PORT);
+    desired.services.insert(np, np_state);
     let started = Instant::now();
     let report = writer.apply(&desired);
     let program_all_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -177,6 +209,29 @@ pub fn measure(o: &Options) -> Result<Point> {
     }
     let new_flow_ns = Stat::of(&mut samples);
 
+    // The uplink's XDP program, from an external client.
+    let noop_xdp_single_ns = {
+        let xdp: &mut Xdp = ebpf.program_mut("lb_noop_xdp").context("lb_noop_xdp")?.try_into()?;
+        rounds(o.new_flows, || run_xdp(xdp, &noop_frame, 1))?
+    };
+    let uplink = load_xdp_program(&mut ebpf)?;
+    let xdp_non_service_ns = rounds(o.rounds, || run_xdp(uplink, &noop_frame, o.repeat))?;
+    let established = packet::build(Protocol::Tcp, EXTERNAL, 40001, PING, 80, b"bench");
+    run_xdp(uplink, &established, 2)?;
+    let xdp_established_ns = rounds(o.rounds, || run_xdp(uplink, &established, o.repeat))?;
+    let mut new_flows = |dst: Ipv4Addr, dport: u16, first: u32| -> Result<Stat> {
+        let mut samples = Vec::with_capacity(o.new_flows as usize);
+        for i in 0..o.new_flows {
+            let flow = first + i;
+            let client = Ipv4Addr::from(u32::from(EXTERNAL) + flow / 50_000);
+            let frame = packet::build(Protocol::Tcp, client, 1024 + (flow % 50_000) as u16, dst, dport, b"bench");
+            samples.push(run_xdp(uplink, &frame, 1)?);
+        }
+        Ok(Stat::of(&mut samples))
+    };
+    let xdp_new_flow_ns = new_flows(target, 80, 0)?;
+    let xdp_nodeport_new_flow_ns = new_flows(NODE, NODE_PORT, o.new_flows)?;
+
     let ratio = |s: &Stat, floor: &Stat| if floor.median > 0.0 { s.median / floor.median } else { 0.0 };
     Ok(Point {
         services: n,
@@ -184,6 +239,15 @@ pub fn measure(o: &Options) -> Result<Point> {
         non_service_ratio: ratio(&non_service_ns, &noop_tc_ns),
         established_ratio: ratio(&established_ns, &noop_tc_ns),
         new_flow_ratio: ratio(&new_flow_ns, &noop_tc_single_ns),
+        xdp_non_service_ratio: ratio(&xdp_non_service_ns, &noop_xdp_ns),
+        xdp_established_ratio: ratio(&xdp_established_ns, &noop_xdp_ns),
+        xdp_new_flow_ratio: ratio(&xdp_new_flow_ns, &noop_xdp_single_ns),
+        xdp_nodeport_new_flow_ratio: ratio(&xdp_nodeport_new_flow_ns, &noop_xdp_single_ns),
+        xdp_non_service_ns,
+        xdp_established_ns,
+        noop_xdp_single_ns,
+        xdp_new_flow_ns,
+        xdp_nodeport_new_flow_ns,
         noop_xdp_ns,
         noop_tc_ns,
         non_service_ns,

@@ -233,6 +233,23 @@ fn markdown(points: &[Point], nets: &[(u32, Value)], maglev: &Value, meta: &str)
             p.map_memory_bytes as f64 / (1 << 20) as f64,
         ));
     }
+    md.push_str("\nThe uplink's XDP program (`lb_uplink`) from an external client, ns per packet (× = ratio to the no-op XDP program timed the same way): non-service, established ClusterIP flow, new ClusterIP flow, new NodePort flow (DNAT + masquerade, the source port reserved with a conntrack insert).\n\n");
+    md.push_str("| services | no-op XDP (single run) | non-service (×) | established (×) | new flow (×) | new NodePort flow, masqueraded (×) |\n|---:|---:|---:|---:|---:|---:|\n");
+    for p in points {
+        md.push_str(&format!(
+            "| {} | {} | {} ({:.2}) | {} ({:.2}) | {} ({:.2}) | {} ({:.2}) |\n",
+            p.services,
+            fmt_stat(&p.noop_xdp_single_ns),
+            fmt_stat(&p.xdp_non_service_ns),
+            p.xdp_non_service_ratio,
+            fmt_stat(&p.xdp_established_ns),
+            p.xdp_established_ratio,
+            fmt_stat(&p.xdp_new_flow_ns),
+            p.xdp_new_flow_ratio,
+            fmt_stat(&p.xdp_nodeport_new_flow_ns),
+            p.xdp_nodeport_new_flow_ratio,
+        ));
+    }
     md.push('\n');
 
     if !nets.is_empty() {
@@ -329,6 +346,8 @@ fn plots(out: &std::path::Path, points: &[Point], nets: &[(u32, Value)]) -> Resu
         ("ours: non-service".to_string(), xs(&|p| Some(p.non_service_ns.median))),
         ("ours: established".to_string(), xs(&|p| Some(p.established_ns.median))),
         ("ours: new flow".to_string(), xs(&|p| Some(p.new_flow_ns.median))),
+        ("ours XDP: established".to_string(), xs(&|p| Some(p.xdp_established_ns.median))),
+        ("ours XDP: new NodePort flow".to_string(), xs(&|p| Some(p.xdp_nodeport_new_flow_ns.median))),
     ];
     plot::lines(&out.join("datapath_ns.svg"), "Datapath ns/packet (BPF_PROG_TEST_RUN)", "services", "ns per packet", &datapath)?;
     written.push("datapath_ns.svg".to_string());
