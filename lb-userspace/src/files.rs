@@ -6,7 +6,9 @@
 
 use std::{
     collections::BTreeMap,
+    ops::Range,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context, Result};
@@ -14,34 +16,53 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::manifests::{self, ObjectSet};
 
+/// Where one file's objects sit in the merged set.
+#[derive(Clone, Default)]
+struct Ranges {
+    services: Range<usize>,
+    slices: Range<usize>,
+    nodes: Range<usize>,
+}
+
+/// The objects of one file in the making of a merged set: freshly parsed, or the last good
+/// ones, taken from the previous merged set.
+enum FileObjects {
+    Parsed(ObjectSet),
+    Previous(Ranges),
+}
+
 pub struct FileSource {
     path: PathBuf,
-    last_good: BTreeMap<PathBuf, ObjectSet>,
+    /// The last merged set (shared with whoever holds the snapshot: one copy in memory) and
+    /// each file's part of it.
+    merged: Arc<ObjectSet>,
+    last_good: BTreeMap<PathBuf, Ranges>,
 }
 
 impl FileSource {
     pub fn new(path: impl Into<PathBuf>) -> FileSource {
-        FileSource { path: path.into(), last_good: BTreeMap::new() }
+        FileSource { path: path.into(), merged: Arc::default(), last_good: BTreeMap::new() }
     }
 
-    /// Reads every manifest file now. Returns the merged objects and the problems found.
-    pub fn load(&mut self) -> (ObjectSet, Vec<String>) {
+    /// Reads every manifest file now. Returns the merged objects (shared, not copied) and the
+    /// problems found.
+    pub fn load(&mut self) -> (Arc<ObjectSet>, Vec<String>) {
         let mut errors = Vec::new();
         let files = match manifests::manifest_files(&self.path) {
             Ok(f) => f,
             Err(e) => {
                 errors.push(format!("{}: {e}", self.path.display()));
-                return (merge(self.last_good.values()), errors);
+                return (self.merged.clone(), errors);
             }
         };
-        let mut now = BTreeMap::new();
+        let mut now = Vec::new();
         for file in files {
             let report = match std::fs::read_to_string(&file) {
                 Ok(text) => manifests::parse_str(&text, &file.display().to_string()),
                 Err(e) => {
                     errors.push(format!("{}: {e}", file.display()));
                     if let Some(prev) = self.last_good.get(&file) {
-                        now.insert(file.clone(), prev.clone());
+                        now.push((file.clone(), FileObjects::Previous(prev.clone())));
                     }
                     continue;
                 }
@@ -51,14 +72,16 @@ impl FileSource {
             if empty && !report.errors.is_empty() {
                 if let Some(prev) = self.last_good.get(&file) {
                     errors.push(format!("{}: unreadable, keeping its last good version", file.display()));
-                    now.insert(file.clone(), prev.clone());
+                    now.push((file.clone(), FileObjects::Previous(prev.clone())));
                     continue;
                 }
             }
-            now.insert(file, report.objects);
+            now.push((file, FileObjects::Parsed(report.objects)));
         }
-        self.last_good = now;
-        (merge(self.last_good.values()), errors)
+        let (merged, ranges) = merge(now, &self.merged);
+        self.merged = Arc::new(merged);
+        self.last_good = ranges;
+        (self.merged.clone(), errors)
     }
 
     /// Watches the path; every relevant change sends a unit on `tx`. Keep the returned
@@ -89,14 +112,30 @@ impl FileSource {
     }
 }
 
-fn merge<'a>(sets: impl Iterator<Item = &'a ObjectSet>) -> ObjectSet {
+/// The merged set of every file's objects (moved in when parsed, copied from `previous` when
+/// kept) and where each file's objects are in it.
+fn merge(files: Vec<(PathBuf, FileObjects)>, previous: &ObjectSet) -> (ObjectSet, BTreeMap<PathBuf, Ranges>) {
     let mut all = ObjectSet::default();
-    for s in sets {
-        all.services.extend(s.services.iter().cloned());
-        all.slices.extend(s.slices.iter().cloned());
-        all.nodes.extend(s.nodes.iter().cloned());
+    let mut ranges = BTreeMap::new();
+    for (file, objects) in files {
+        let start = (all.services.len(), all.slices.len(), all.nodes.len());
+        match objects {
+            FileObjects::Parsed(o) => {
+                all.services.extend(o.services);
+                all.slices.extend(o.slices);
+                all.nodes.extend(o.nodes);
+            }
+            FileObjects::Previous(r) => {
+                all.services.extend_from_slice(&previous.services[r.services]);
+                all.slices.extend_from_slice(&previous.slices[r.slices]);
+                all.nodes.extend_from_slice(&previous.nodes[r.nodes]);
+            }
+        }
+        let r =
+            Ranges { services: start.0..all.services.len(), slices: start.1..all.slices.len(), nodes: start.2..all.nodes.len() };
+        ranges.insert(file, r);
     }
-    all
+    (all, ranges)
 }
 
 #[cfg(test)]
@@ -134,11 +173,15 @@ mod tests {
         let (set, errors) = src.load();
         assert_eq!(names(&set), ["a", "b"], "service a is not withdrawn by a syntax error");
         assert!(errors.iter().any(|e| e.contains("a.yaml")), "{errors:?}");
+        // Still broken at the next load (kept from a set that itself kept it), while b changes.
+        std::fs::write(dir.join("b.yaml"), format!("{SVC_B}---\n{}", SVC_B.replace("name: b", "name: c"))).unwrap();
+        let (set, _) = src.load();
+        assert_eq!(names(&set), ["a", "b", "c"]);
 
         // Deleting the file does withdraw it.
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
         let (set, _) = src.load();
-        assert_eq!(names(&set), ["b"]);
+        assert_eq!(names(&set), ["b", "c"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -67,10 +67,15 @@ struct Location<'a> {
 /// error messages.
 pub fn parse_str(text: &str, origin: &str) -> ParseReport {
     let mut report = ParseReport::default();
-    for raw in split_documents(text, origin, &mut report.errors) {
+    let mut errors = Vec::new();
+    // Each document is turned into its typed object as soon as it is parsed: holding the whole
+    // file as JSON values first would multiply the peak memory (a 50 000-Service file).
+    for_each_document(text, origin, &mut errors, |raw| {
         let loc = Location { origin, doc: raw.doc, line: raw.line };
         add_object(raw.value, loc, &[], &mut report);
-    }
+    });
+    errors.append(&mut report.errors);
+    report.errors = errors;
     report
 }
 
@@ -141,14 +146,12 @@ struct RawDocument {
 /// when the text starts like JSON; otherwise (or if that fails) the text is split at YAML
 /// document markers and each document is parsed on its own, so a syntax error only costs its
 /// own document.
-fn split_documents(text: &str, origin: &str, errors: &mut Vec<String>) -> Vec<RawDocument> {
+fn for_each_document(text: &str, origin: &str, errors: &mut Vec<String>, mut f: impl FnMut(RawDocument)) {
     let trimmed = text.trim_start_matches('\u{feff}');
-    if trimmed.trim_start().starts_with(['{', '[']) {
-        if let Some(docs) = parse_json_stream(trimmed) {
-            return docs;
-        }
+    if trimmed.trim_start().starts_with(['{', '[']) && is_json_stream(trimmed) {
+        json_documents(trimmed, f);
+        return;
     }
-    let mut docs = Vec::new();
     let mut n = 0;
     for chunk in yaml_chunks(trimmed) {
         if is_blank_yaml(&chunk.text) {
@@ -172,32 +175,36 @@ fn split_documents(text: &str, origin: &str, errors: &mut Vec<String>) -> Vec<Ra
             continue;
         }
         match serde_json::to_value(&value) {
-            Ok(v) => docs.push(RawDocument { doc: n, line, value: v }),
+            Ok(v) => f(RawDocument { doc: n, line, value: v }),
             Err(e) => errors.push(format!("{origin}: document {n} (line {line}): not representable as JSON: {e}")),
         }
     }
-    docs
 }
 
-/// A whole text of concatenated JSON values, or `None` if it is not valid JSON.
-fn parse_json_stream(text: &str) -> Option<Vec<RawDocument>> {
-    let mut docs = Vec::new();
+/// Whether the whole text is concatenated JSON values (checked without building them).
+fn is_json_stream(text: &str) -> bool {
+    serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>().all(|v| v.is_ok())
+}
+
+/// The documents of a text of concatenated JSON values (see [`is_json_stream`]), one by one.
+fn json_documents(text: &str, mut f: impl FnMut(RawDocument)) {
+    let mut docs = 0;
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     let mut offset = 0;
     // Lines before `offset`, counted incrementally (a count from the start of the text for every
     // document is quadratic: minutes for a file of 50 000 Services).
     let mut lines_before = 0;
     while let Some(item) = stream.next() {
-        let value = item.ok()?;
+        let Ok(value) = item else { return };
         let start = text[offset..].find(|c: char| !c.is_whitespace()).map_or(offset, |i| offset + i);
         let line = lines_before + text[offset..start].matches('\n').count() + 1;
         lines_before = line - 1 + text[start..stream.byte_offset()].matches('\n').count();
         offset = stream.byte_offset();
         if !value.is_null() {
-            docs.push(RawDocument { doc: docs.len() + 1, line, value });
+            docs += 1;
+            f(RawDocument { doc: docs, line, value });
         }
     }
-    Some(docs)
 }
 
 /// The text of one YAML document. Line `i` (0-based) of `text` is line `first_line + i` of the

@@ -269,7 +269,7 @@ async fn run_files(path: PathBuf, tx: Snapshots) -> Result<()> {
         for e in &errors {
             warn!("manifest: {e}");
         }
-        if tx.send(Some(Arc::new(objects))).is_err() {
+        if tx.send(Some(objects)).is_err() {
             return Ok(());
         }
         if file_rx.recv().await.is_none() {
