@@ -87,10 +87,12 @@ fn translating_ten_thousand_services() {
     // What a sync costs when one EndpointSlice changed: only its Service is translated again.
     let objects = lb_userspace::manifests::ObjectSet { services, slices, nodes: vec![] };
     let mut incremental = lb_userspace::incremental::Translator::default();
+    let objects = std::sync::Arc::new(objects);
     let first = incremental.translate(&objects, &node, &TranslateOptions::default());
     assert_eq!(first.desired, state);
-    let mut changed = objects.clone();
+    let mut changed = (*objects).clone();
     changed.slices[1234].endpoints.pop();
+    let changed = std::sync::Arc::new(changed);
     let started = Instant::now();
     let second = incremental.translate(&changed, &node, &TranslateOptions::default());
     let elapsed = started.elapsed();

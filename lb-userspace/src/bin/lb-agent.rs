@@ -162,7 +162,7 @@ struct Pipeline {
 
 impl Pipeline {
     /// Applies a snapshot; returns whether every service port was applied.
-    fn sync(&mut self, objects: &ObjectSet, full: bool) -> bool {
+    fn sync(&mut self, objects: &Arc<ObjectSet>, full: bool) -> bool {
         let started = Instant::now();
         let node = node_info(objects, &self.node_name);
         if let Some(n) = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str())) {
