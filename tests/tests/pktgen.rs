@@ -177,9 +177,9 @@ fn netfilter_nats_and_forwards_every_generated_frame() {
         ..FrameSpec::default()
     };
     let mut g = Generator::new(spec, true).unwrap();
-    // Warm-up: ARP for the backend (the first frames wait in the neighbour queue).
+    // Warm-up: ARP for the backend (the first frames wait in the neighbour queue); the first
+    // count below waits until the sink's counters settle.
     g.run(Some(gen.name()), "eth0", 10, 64, 0, 0).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let count = |s: &XdpAttachment| settle(|| s.sink_counts(), Duration::from_millis(50), Duration::from_secs(3)).unwrap();
     for round in 0..2 {
         let (p0, b0) = count(&sink);

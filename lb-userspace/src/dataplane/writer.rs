@@ -67,6 +67,20 @@ struct Programmed {
     local: Table,
 }
 
+impl Programmed {
+    /// A service port with nothing programmed yet.
+    fn new(id: u32) -> Programmed {
+        Programmed {
+            id,
+            frontends: BTreeMap::new(),
+            source_ranges: BTreeSet::new(),
+            backends: BTreeMap::new(),
+            cluster: Table::default(),
+            local: Table::default(),
+        }
+    }
+}
+
 /// Table ids of a service port in `LB_MAGLEV`.
 pub fn cluster_table(id: u32) -> u32 {
     2 * id
@@ -260,17 +274,7 @@ impl Writer {
         for (id, text) in names {
             match parse_service_port_name(&text) {
                 Some(name) if id != 0 => {
-                    w.programmed.insert(
-                        name.clone(),
-                        Programmed {
-                            id,
-                            frontends: BTreeMap::new(),
-                            source_ranges: BTreeSet::new(),
-                            backends: BTreeMap::new(),
-                            cluster: Table::default(),
-                            local: Table::default(),
-                        },
-                    );
+                    w.programmed.insert(name.clone(), Programmed::new(id));
                     by_id.insert(id, name);
                 }
                 _ => {
@@ -535,14 +539,7 @@ impl Writer {
     fn write_backends(&mut self, name: &ServicePortName, st: &ServicePortState, report: &mut SyncReport) -> Result<bool> {
         if !self.programmed.contains_key(name) {
             let id = self.alloc_id()?;
-            let p = Programmed {
-                id,
-                frontends: BTreeMap::new(),
-                source_ranges: BTreeSet::new(),
-                backends: BTreeMap::new(),
-                cluster: Table::default(),
-                local: Table::default(),
-            };
+            let p = Programmed::new(id);
             self.programmed.insert(name.clone(), p);
             if let Err(e) = self.maps.names.insert(id, encode_name(&name.to_string()), 0) {
                 debug!("LB_NAMES {id}: {e}");
