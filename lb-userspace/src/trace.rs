@@ -81,14 +81,14 @@ pub fn default_node_name() -> String {
     String::from_utf8_lossy(&buf[..end]).trim().to_lowercase()
 }
 
+/// The Node object named `name` among the objects.
+pub fn find_node<'a>(objects: &'a manifests::ObjectSet, name: &str) -> Option<&'a k8s_openapi::api::core::v1::Node> {
+    objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(name))
+}
+
 /// The node's labels from a Node object named `name` among the manifests (empty otherwise).
 pub fn node_info(objects: &manifests::ObjectSet, name: &str) -> NodeInfo {
-    let labels = objects
-        .nodes
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(name))
-        .and_then(|n| n.metadata.labels.clone())
-        .unwrap_or_default();
+    let labels = find_node(objects, name).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
     NodeInfo { name: name.to_string(), labels }
 }
 
@@ -127,8 +127,7 @@ pub fn run(req: &TraceRequest) -> Result<TraceDetails> {
     let node_name = req.proxy.node_name();
     let report = manifests::load_path(&req.manifests);
     let node = node_info(&report.objects, &node_name);
-    let node_obj_ip =
-        report.objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(node_name.as_str())).and_then(node_object_ip);
+    let node_obj_ip = find_node(&report.objects, &node_name).and_then(node_object_ip);
     let node_net = req.proxy.node_net(node_obj_ip, &req.proxy.node_ip)?;
     let (desired, errors) =
         model::translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());

@@ -40,7 +40,7 @@ use lb_userspace::{
     model::{DesiredState, TranslateOptions},
     source::kube::{client, KubeSource},
     sync::{Decision, SyncScheduler},
-    trace::node_info,
+    trace::{find_node, node_info},
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -165,10 +165,10 @@ impl Pipeline {
     fn sync(&mut self, objects: &Arc<ObjectSet>, full: bool) -> bool {
         let started = Instant::now();
         let node = node_info(objects, &self.node_name);
-        if let Some(n) = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str())) {
+        let node_obj = find_node(objects, &self.node_name);
+        if let Some(n) = node_obj {
             self.health.set_node_eligible(HealthState::node_eligible_from(n));
         }
-        let node_obj = objects.nodes.iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         let node_net = match self.proxy.node_net(node_obj.and_then(node_object_ip), &interface_ips()) {
             Ok(n) => n,
             Err(e) => {

@@ -233,10 +233,6 @@ pub fn parse_service_port_name(text: &str) -> Option<ServicePortName> {
     Some(ServicePortName { namespace: namespace.into(), name: name.into(), port_name: port_name.into(), protocol })
 }
 
-fn marker_of(key: &ServiceKey) -> ServiceKey {
-    ServiceKey::marker(key.addr)
-}
-
 impl Writer {
     /// A writer over freshly created (empty) maps; writes the datapath configuration.
     pub fn new(mut maps: MapSet, max_table_size: u32, max_service_ports: u32, config: Config) -> Result<Writer> {
@@ -312,11 +308,10 @@ impl Writer {
             }
         }
         let ranges: Vec<aya::maps::lpm_trie::Key<[u8; 8]>> = w.maps.source_ranges.keys().filter_map(|r| r.ok()).collect();
-        let by_numeric_id: BTreeMap<u32, ServicePortName> = by_id.clone();
         for k in ranges {
             let data = k.data();
             let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-            match by_numeric_id.get(&id).and_then(|n| w.programmed.get_mut(n)) {
+            match by_id.get(&id).and_then(|n| w.programmed.get_mut(n)) {
                 Some(p) => {
                     p.source_ranges.insert((k.prefix_len(), data));
                 }
@@ -675,7 +670,8 @@ impl Writer {
 
     /// One address marker per frontend address in use.
     fn write_markers(&mut self, report: &mut SyncReport) {
-        let markers: BTreeSet<ServiceKey> = self.programmed.values().flat_map(|p| p.frontends.keys().map(marker_of)).collect();
+        let markers: BTreeSet<ServiceKey> =
+            self.programmed.values().flat_map(|p| p.frontends.keys().map(|k| ServiceKey::marker(k.addr))).collect();
         let value = ServiceValue {
             id: 0,
             flags: svc_flags::ADDRESS_MARKER,
