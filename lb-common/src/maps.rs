@@ -16,13 +16,14 @@
 //! | `LB_LOCAL_CIDRS` | LPM trie | address octets → `u8` (`--cluster-cidr`: the local traffic detector) | agent |
 //! | `LB_NODE_ADDRS` | hash | address → `u8` (this node's own addresses) | agent |
 //! | `LB_CONFIG` | array[1] | [`Config`] | agent |
-//! | `LB_STATS` | per-CPU array | [`Counter`] index → `u64` | datapath |
+//! | `LB_STATS` | per-CPU array[1] | [`Counters`] (one block: one lookup per packet) | datapath |
+//! | `LB_IFACES` | hash | ifindex → [`iface_flags`] (how the datapath may deliver to an interface) | agent |
 
 use bytemuck::{Pod, Zeroable};
 
 /// Version of the map layout below; part of every pinned map's path, so an agent never adopts
 /// maps whose layout it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Packs a table's u32 sequence `[M, slots..]` two per element (the inner arrays' layout).
 #[cfg(feature = "std")]
@@ -304,10 +305,29 @@ pub enum Counter {
     Masqueraded = 15,
     /// New flows sent to an endpoint chosen by session affinity.
     AffinityHits = 16,
+    /// Translated packets delivered by redirecting them to an interface (tc: bpf_redirect
+    /// with the next hop's MAC from the FIB; XDP: handed to the uplink's tc program).
+    FwdRedirect = 17,
+    /// Translated packets delivered straight into a pod (bpf_redirect_peer).
+    FwdPeer = 18,
+    /// Translated packets redirected with the neighbour left to the kernel (bpf_redirect_neigh:
+    /// the next hop's MAC was not resolved yet).
+    FwdNeigh = 19,
+    /// Translated packets sent back out of the uplink they came in on (XDP_TX).
+    FwdXdpTx = 20,
+    /// Translated packets handed to the kernel's stack: no route (FIB miss, unreachable,
+    /// blackhole, prohibited, forwarding disabled).
+    StackNoRoute = 21,
+    /// ... larger than the egress MTU (the stack fragments or answers "fragmentation needed").
+    StackMtu = 22,
+    /// ... addressed to this node (local delivery).
+    StackLocal = 23,
+    /// ... whose TTL expires here (the stack answers "time exceeded").
+    StackTtl = 24,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
         Counter::Bytes,
@@ -326,6 +346,14 @@ impl Counter {
         Counter::DropNoSnatPort,
         Counter::Masqueraded,
         Counter::AffinityHits,
+        Counter::FwdRedirect,
+        Counter::FwdPeer,
+        Counter::FwdNeigh,
+        Counter::FwdXdpTx,
+        Counter::StackNoRoute,
+        Counter::StackMtu,
+        Counter::StackLocal,
+        Counter::StackTtl,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -347,8 +375,46 @@ impl Counter {
             Counter::DropNoSnatPort => "drop_no_snat_port",
             Counter::Masqueraded => "masqueraded_flows",
             Counter::AffinityHits => "affinity_hits",
+            Counter::FwdRedirect => "fwd_redirect",
+            Counter::FwdPeer => "fwd_redirect_peer",
+            Counter::FwdNeigh => "fwd_redirect_neigh",
+            Counter::FwdXdpTx => "fwd_xdp_tx",
+            Counter::StackNoRoute => "stack_no_route",
+            Counter::StackMtu => "stack_over_mtu",
+            Counter::StackLocal => "stack_local_destination",
+            Counter::StackTtl => "stack_ttl_expired",
         }
     }
+}
+
+/// Every counter of one CPU (`LB_STATS[0]`): a packet looks its CPU's block up once and
+/// increments fields of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counters {
+    pub v: [u64; Counter::COUNT as usize],
+}
+
+/// `skb->mark` a tc program sets on a packet it redirects to an interface's egress: our egress
+/// program there clears it and lets the packet go without parsing and looking it up again.
+pub const MARK_DELIVERED: u32 = 0x4c42_d311;
+
+/// The 4-byte XDP metadata the uplink's XDP program leaves on a packet it passes to the kernel
+/// for the uplink's tc ingress program to deliver (a pod on this node cannot be reached with
+/// XDP_TX / XDP_REDIRECT: its veth has no XDP receive queue).
+pub mod xdp_meta {
+    /// A forwarded packet, translated: deliver it, decrementing the TTL.
+    pub const FORWARDED: u32 = 0x4c42_f0d1;
+    /// A packet the datapath built (a REJECT reply): deliver it as it is.
+    pub const ORIGINATED: u32 = 0x4c42_f0d2;
+}
+
+/// `LB_IFACES` flags: what the agent knows about an interface the FIB may send a packet to.
+pub mod iface_flags {
+    /// The host side of a pod's veth: tc ingress programs deliver to the pod with
+    /// bpf_redirect_peer (straight into the pod's namespace, no second trip through the
+    /// backlog).
+    pub const POD_VETH: u32 = 1 << 0;
 }
 
 /// An IPv4 address in map representation.
@@ -385,6 +451,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for Counters {}
 }
 
 #[cfg(test)]
@@ -413,6 +480,7 @@ mod tests {
         assert_eq!(offset_of!(Config, snat_port_max), 22);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<Counters>(), 8 * Counter::COUNT as usize);
         assert_eq!(source_range_data(0x0102_0304, ip_to_map([10, 0, 0, 9])), [1, 2, 3, 4, 10, 0, 0, 9]);
     }
 

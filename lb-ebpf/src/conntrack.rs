@@ -4,7 +4,7 @@
 //! checked on lookup; the LRU evicts the least recently used entries when the map is full.
 //! `last_seen` is refreshed at most once a second to keep the hot path read-mostly.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{ct_flags, CtEntry, CtKey, PROTO_TCP};
 
 use crate::{
@@ -21,10 +21,12 @@ const REFRESH_NS: u64 = NS;
 #[cfg(feature = "variant-b")]
 const REFRESH_NS: u64 = 2 * NS;
 
+/// CLOCK_MONOTONIC at tick resolution (a few ms): timeouts are seconds and `last_seen` is
+/// refreshed once a second, so the cheaper coarse clock is exact enough.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

@@ -21,6 +21,9 @@ pub trait Frame: EbpfContext {
     fn data_end(&self) -> usize;
     /// The whole packet's length (linear and paged).
     fn len(&self) -> u32;
+    /// The interface the program runs on (XDP, tc ingress: where the packet came in; tc
+    /// egress: where it leaves).
+    fn ifindex(&self) -> u32;
     /// Makes the first `len` bytes linear (tc only; XDP frames are linear).
     fn pull(&self, len: u32);
     /// Updates the L4 checksum at `check_off` for a 4-byte (`size == 4`) or 2-byte field that
@@ -85,6 +88,11 @@ impl Frame for TcContext {
         TcContext::len(self)
     }
     #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading the program's own skb.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+    #[inline(always)]
     fn pull(&self, len: u32) {
         let _ = self.pull_data(len);
     }
@@ -128,6 +136,11 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn len(&self) -> u32 {
         (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading the program's own xdp_md.
+        unsafe { (*self.ctx).ingress_ifindex }
     }
     #[inline(always)]
     fn pull(&self, _len: u32) {}

@@ -24,16 +24,18 @@ use lb_common::{
 use crate::{
     affinity, conntrack,
     frame::Frame,
+    fwd::Fwd,
     nat::{self, Side},
     parse::{self, Ipv4Packet, Parsed, L4},
-    reject, service, stats,
+    reject, service,
+    stats::Stats,
 };
 
 pub enum Verdict {
     /// Let the packet continue (translated or not).
     Pass,
-    /// A service packet or a reply was translated (the host egress program routes it again).
-    Translated,
+    /// A service packet or a reply was translated: the caller delivers it (`fwd`).
+    Translated(Fwd),
     Drop,
     /// The frame was rewritten into an ICMP port unreachable for its sender.
     Reject,
@@ -43,33 +45,33 @@ pub enum Verdict {
 const SNAT_TRIES: u32 = 16;
 
 #[inline(always)]
-pub fn process<F: Frame>(f: &F) -> Verdict {
+pub fn process<F: Frame>(f: &F, st: &Stats) -> Verdict {
     let pkt = match parse::parse(f) {
         Parsed::Ipv4(p) => p,
         Parsed::Other => return Verdict::Pass,
     };
-    stats::inc(Counter::Packets);
-    stats::add(Counter::Bytes, f.len() as u64);
+    st.inc(Counter::Packets);
+    st.add(Counter::Bytes, f.len() as u64);
 
     let Some(l4) = pkt.l4 else {
         // Fragments and truncated headers cannot be translated consistently: never let them
         // reach a service address un-NATed.
         if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr) {
-            stats::inc(Counter::DropUnparsable);
+            st.inc(Counter::DropUnparsable);
             return Verdict::Drop;
         }
         return Verdict::Pass;
     };
 
     if let Some(svc) = service::lookup(pkt.daddr, l4.dport, pkt.proto) {
-        return forward(f, &pkt, &l4, &svc);
+        return forward(f, st, &pkt, &l4, &svc);
     }
-    reply(f, &pkt, &l4)
+    reply(f, st, &pkt, &l4)
 }
 
 /// Client → frontend.
 #[inline(always)]
-fn forward<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
+fn forward<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
     let now = conntrack::now();
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::FORWARD);
 
@@ -81,23 +83,23 @@ fn forward<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Ve
                 if usable_for_established(&b, svc.id, pkt.proto) {
                     conntrack::touch(e, now, l4.tcp_flags);
                     let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
-                    return translate(f, pkt, l4, &b, snat);
+                    return translate(f, st, pkt, l4, &b, snat);
                 }
             }
         }
-        stats::inc(Counter::Reselected);
+        st.inc(Counter::Reselected);
     }
-    new_flow(f, pkt, l4, svc, &key, now)
+    new_flow(f, st, pkt, l4, svc, &key, now)
 }
 
 #[inline(always)]
-fn new_flow<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key: &CtKey, now: u64) -> Verdict {
+fn new_flow<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key: &CtKey, now: u64) -> Verdict {
     if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
-        stats::inc(Counter::RejectNoEndpoint);
+        st.inc(Counter::RejectNoEndpoint);
         return Verdict::Reject;
     }
     if svc.flags & svc_flags::SOURCE_RANGES != 0 && !service::source_allowed(svc.id, pkt.saddr) {
-        stats::inc(Counter::DropSourceRange);
+        st.inc(Counter::DropSourceRange);
         return Verdict::Drop;
     }
     let cfg = service::config();
@@ -112,8 +114,8 @@ fn new_flow<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key:
         EndpointSet::Local => (svc.local_table, backend_flags::IN_LOCAL_SET),
     };
 
-    let Some((backend_id, b)) = choose(pkt, l4, svc, table, member, now) else {
-        stats::inc(if decision.set == EndpointSet::Local { Counter::DropNoLocalEndpoint } else { Counter::DropNoBackend });
+    let Some((backend_id, b)) = choose(st, pkt, l4, svc, table, member, now) else {
+        st.inc(if decision.set == EndpointSet::Local { Counter::DropNoLocalEndpoint } else { Counter::DropNoBackend });
         return Verdict::Drop;
     };
 
@@ -134,10 +136,10 @@ fn new_flow<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key:
     let masquerade = (decision.masquerade || policy::hairpin(pkt.saddr, b.addr)) && cfg.snat_addr != 0;
     let snat = if masquerade {
         let Some(port) = reserve_snat_port(pkt, l4, &b, &entry, cfg.snat_addr, cfg.snat_port_min, cfg.snat_port_max, now) else {
-            stats::inc(Counter::DropNoSnatPort);
+            st.inc(Counter::DropNoSnatPort);
             return Verdict::Drop;
         };
-        stats::inc(Counter::Masqueraded);
+        st.inc(Counter::Masqueraded);
         entry.flags |= ct_flags::SNAT;
         entry.nat_addr = cfg.snat_addr;
         entry.nat_port = port;
@@ -146,27 +148,27 @@ fn new_flow<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key:
         let reply_key = CtKey::new(b.addr, pkt.saddr, b.port, l4.sport, pkt.proto, ct_dir::REPLY);
         // Reply entry first: once the forward entry exists, replies must find theirs.
         if !conntrack::insert(&reply_key, &entry) {
-            stats::inc(Counter::CtInsertFailed);
+            st.inc(Counter::CtInsertFailed);
         }
         None
     };
     if !conntrack::insert(key, &entry) {
-        stats::inc(Counter::CtInsertFailed);
+        st.inc(Counter::CtInsertFailed);
     }
-    stats::inc(Counter::NewFlows);
-    translate(f, pkt, l4, &b, snat)
+    st.inc(Counter::NewFlows);
+    translate(f, st, pkt, l4, &b, snat)
 }
 
 /// The backend for a new connection: the affine one if it is still in the chosen set, else
 /// Maglev over the chosen table.
 #[inline(always)]
-fn choose(pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, table: u32, member: u8, now: u64) -> Option<(u32, Backend)> {
+fn choose(st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, table: u32, member: u8, now: u64) -> Option<(u32, Backend)> {
     let affinity = svc.flags & svc_flags::AFFINITY != 0;
     if affinity {
         if let Some(id) = affinity::lookup(pkt.saddr, svc.id, svc.affinity_timeout, now) {
             if let Some(b) = service::backend(id) {
                 if b.svc_id == svc.id && b.flags & member != 0 {
-                    stats::inc(Counter::AffinityHits);
+                    st.inc(Counter::AffinityHits);
                     affinity::update(pkt.saddr, svc.id, id, now);
                     return Some((id, b));
                 }
@@ -221,23 +223,25 @@ fn usable_for_established(b: &Backend, svc_id: u32, proto: u8) -> bool {
 
 /// DNAT to the backend, and masquerade when `snat` is set.
 #[inline(always)]
-fn translate<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4, b: &Backend, snat: Option<(u32, u16)>) -> Verdict {
+fn translate<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, b: &Backend, snat: Option<(u32, u16)>) -> Verdict {
     if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, b.addr, b.port).is_err() {
-        return rewrite_failed(f, pkt);
+        return rewrite_failed(f, st, pkt);
     }
+    let mut saddr = pkt.saddr;
     if let Some((addr, port)) = snat {
         if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, addr, port).is_err() {
-            return rewrite_failed(f, pkt);
+            return rewrite_failed(f, st, pkt);
         }
+        saddr = addr;
     }
-    stats::inc(Counter::ServicePackets);
-    stats::add(Counter::ServiceBytes, f.len() as u64);
-    Verdict::Translated
+    st.inc(Counter::ServicePackets);
+    st.add(Counter::ServiceBytes, f.len() as u64);
+    Verdict::Translated(Fwd { saddr, daddr: b.addr, proto: pkt.proto, tot_len: pkt.tot_len })
 }
 
 #[inline(always)]
-fn rewrite_failed<F: Frame>(f: &F, pkt: &Ipv4Packet) -> Verdict {
-    stats::inc(Counter::DropRewrite);
+fn rewrite_failed<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet) -> Verdict {
+    st.inc(Counter::DropRewrite);
     // Cold path only (a helper refused the packet): never logged per packet otherwise.
     warn!(f, "lb: rewrite failed (proto {}), packet dropped", pkt.proto);
     Verdict::Drop
@@ -246,7 +250,7 @@ fn rewrite_failed<F: Frame>(f: &F, pkt: &Ipv4Packet) -> Verdict {
 /// Backend → client: restore the frontend as the source (and a masqueraded client as the
 /// destination).
 #[inline(always)]
-fn reply<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
+fn reply<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::REPLY);
     let now = conntrack::now();
     let Some(e) = conntrack::lookup(&key, now) else { return Verdict::Pass };
@@ -254,15 +258,17 @@ fn reply<F: Frame>(f: &F, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     let entry = unsafe { *e };
     conntrack::touch(e, now, l4.tcp_flags);
     if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.frontend_addr, entry.frontend_port).is_err() {
-        return rewrite_failed(f, pkt);
+        return rewrite_failed(f, st, pkt);
     }
-    if entry.flags & ct_flags::SNAT != 0
-        && nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, entry.nat_addr, entry.nat_port).is_err()
-    {
-        return rewrite_failed(f, pkt);
+    let mut daddr = pkt.daddr;
+    if entry.flags & ct_flags::SNAT != 0 {
+        if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, entry.nat_addr, entry.nat_port).is_err() {
+            return rewrite_failed(f, st, pkt);
+        }
+        daddr = entry.nat_addr;
     }
-    stats::inc(Counter::ReplyPackets);
-    Verdict::Translated
+    st.inc(Counter::ReplyPackets);
+    Verdict::Translated(Fwd { saddr: entry.frontend_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len })
 }
 
 /// When a REJECT reply cannot be built in an XDP frame (a frame shorter than the reply, on a
@@ -281,4 +287,13 @@ pub fn kernel_can_reject<F: Frame>(f: &F) -> bool {
 pub fn build_reject<F: Frame>(f: &F, swap_macs: bool) -> bool {
     let Parsed::Ipv4(pkt) = parse::parse(f) else { return false };
     reject::build(f, &pkt, swap_macs).is_ok()
+}
+
+/// The addresses of a frame to deliver (one the XDP program already translated or built).
+#[inline(always)]
+pub fn addresses<F: Frame>(f: &F) -> Option<Fwd> {
+    match parse::parse(f) {
+        Parsed::Ipv4(p) => Some(Fwd { saddr: p.saddr, daddr: p.daddr, proto: p.proto, tot_len: p.tot_len }),
+        Parsed::Other => None,
+    }
 }

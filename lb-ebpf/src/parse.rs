@@ -59,23 +59,27 @@ pub enum Parsed {
     Other,
 }
 
+/// Makes the first `want` bytes linear when they are not (tc skbs can keep headers in paged
+/// data; XDP frames are linear): only the header bytes the packet needs, so no payload is
+/// copied into the head of a large (TSO/GRO) skb.
 #[inline(always)]
-pub fn parse<F: Frame>(ctx: &F) -> Parsed {
-    // Headers we need may sit in paged data (rare on veth): pull up to the largest IPv4 +
-    // TCP header once, so bounds checks see them.
+fn pull<F: Frame>(ctx: &F, want: usize) {
     let linear = ctx.data_end() - ctx.data();
-    let want = ETH_HLEN + 60 + 20;
     if linear < want && (ctx.len() as usize) > linear {
         ctx.pull(want as u32);
     }
+}
 
+#[inline(always)]
+pub fn parse<F: Frame>(ctx: &F) -> Parsed {
+    pull(ctx, ETH_HLEN + 20);
     let Some(proto) = ptr_at::<F, u16>(ctx, 12) else { return Parsed::Other };
     // SAFETY: ptr_at checked the bounds.
     if u16::from_be(unsafe { *proto }) != ETH_P_IP {
         return Parsed::Other;
     }
     let Some(ip) = ptr_at::<F, Ipv4Hdr>(ctx, ETH_HLEN) else { return Parsed::Other };
-    // SAFETY: ptr_at checked the bounds.
+    // SAFETY: ptr_at checked the bounds; the fields are copied out before any pull.
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
         return Parsed::Other;
@@ -85,17 +89,26 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
         return Parsed::Other;
     }
     let l4_off = ETH_HLEN + ihl * 4;
+    let fragment = u16::from_be(ip.frag_off) & 0x3fff != 0;
     let mut pkt =
         Ipv4Packet { tot_len: u16::from_be(ip.tot_len), saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, l4_off, l4: None };
+    let l4_len = match pkt.proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        PROTO_SCTP => 12,
+        _ => 0,
+    };
+    // IP options and the L4 header (not of fragments: MF set or a non-zero offset means the
+    // L4 header is absent or incomplete).
+    pull(ctx, if fragment { l4_off } else { l4_off + l4_len });
     // Options must be inside the packet too.
     if ptr_at::<F, u8>(ctx, l4_off - 1).is_none() {
         return Parsed::Other;
     }
-    // MF set or a non-zero offset: a fragment, whose L4 header is absent or incomplete.
-    if u16::from_be(ip.frag_off) & 0x3fff != 0 {
+    if fragment {
         return Parsed::Ipv4(pkt);
     }
-    pkt.l4 = match ip.proto {
+    pkt.l4 = match pkt.proto {
         PROTO_TCP => ptr_at::<F, [u8; 20]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };

@@ -69,6 +69,14 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
+/// A `struct xdp_md` for BPF_PROG_TEST_RUN: `data` (the metadata's length) and `data_end`.
+fn xdp_md(data: u32, data_end: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[0..4].copy_from_slice(&data.to_ne_bytes());
+    ctx[4..8].copy_from_slice(&data_end.to_ne_bytes());
+    ctx
+}
+
 /// This machine's host name (the node name when no override is given), as kube-proxy does.
 pub fn default_node_name() -> String {
     let mut buf = [0u8; 256];
@@ -160,14 +168,28 @@ pub fn run(req: &TraceRequest) -> Result<TraceDetails> {
         let sport = 10_000 + (i % 50_000) as u16;
         let frame = packet::build(req.proto, req.src, sport, req.dst, req.dport, b"lbctl-trace");
         let mut out = vec![0u8; frame.len() + 256];
+        // XDP: an xdp_md context (data_end = the frame's length) so that the kernel reports
+        // back where the packet starts: a frame handed to the uplink's tc program carries XDP
+        // metadata in front of it, which the test run's output includes.
+        let xdp_ctx_in = xdp_md(0, frame.len() as u32);
+        let mut xdp_ctx_out = [0u8; 24];
         let opts = TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..TestRunOptions::new() };
         let result = match entry {
             Entry::Pod => load_tc_program(&mut ebpf, names::PROG_POD_INGRESS)?.test_run(opts),
             Entry::Host => load_tc_program(&mut ebpf, names::PROG_HOST_EGRESS)?.test_run(opts),
-            Entry::Uplink => load_xdp_program(&mut ebpf)?.test_run(opts),
+            Entry::Uplink => load_xdp_program(&mut ebpf)?.test_run(TestRunOptions {
+                ctx_in: Some(&xdp_ctx_in),
+                ctx_out: Some(&mut xdp_ctx_out),
+                ..opts
+            }),
         }
         .context("BPF_PROG_TEST_RUN")?;
         out.truncate(result.data_size_out as usize);
+        if entry == Entry::Uplink {
+            // xdp_md.data: the metadata's length.
+            let meta = u32::from_ne_bytes(xdp_ctx_out[0..4].try_into().expect("4 bytes")) as usize;
+            out.drain(..meta.min(out.len()));
+        }
         // A REJECT is the frame turned into an ICMP port unreachable: redirected back by tc,
         // passed to the kernel to route back by XDP (or transmitted back).
         let (dropped, sent_back) = match entry {
@@ -175,7 +197,7 @@ pub fn run(req: &TraceRequest) -> Result<TraceDetails> {
             _ => (result.return_value == TC_ACT_SHOT, result.return_value == TC_ACT_REDIRECT),
         };
         let passed = match entry {
-            Entry::Uplink => result.return_value == XDP_PASS,
+            Entry::Uplink => matches!(result.return_value, XDP_PASS | XDP_TX),
             _ => matches!(result.return_value, TC_ACT_OK | TC_ACT_REDIRECT),
         };
         let verdict = if dropped {

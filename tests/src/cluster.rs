@@ -89,21 +89,85 @@ pub fn tx_checksum_off(netns: &str, iface: &str) -> Result<()> {
         .with_context(|| format!("ethtool -K {iface} tx off in {netns} (is the ethtool package installed?)"))
 }
 
+/// A node firewall of the kind CNIs and firewalld install: netfilter conntrack active, and
+/// packets conntrack finds INVALID dropped in the node's INPUT, FORWARD and OUTPUT chains.
+/// Service traffic must never be half a flow to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firewall {
+    Iptables,
+    Nftables,
+}
+
+impl Firewall {
+    pub fn install(self, netns: &str) -> Result<()> {
+        match self {
+            Firewall::Iptables => {
+                for chain in ["INPUT", "FORWARD", "OUTPUT"] {
+                    run("ip", &["netns", "exec", netns, "iptables", "-A", chain, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])?;
+                }
+            }
+            Firewall::Nftables => {
+                let rules = "table inet lbfw {\n\
+                     chain input { type filter hook input priority 0; ct state invalid counter drop; }\n\
+                     chain forward { type filter hook forward priority 0; ct state invalid counter drop; }\n\
+                     chain output { type filter hook output priority 0; ct state invalid counter drop; }\n\
+                     }\n";
+                let file = std::env::temp_dir().join(format!("lb-fw-{netns}.nft"));
+                std::fs::write(&file, rules)?;
+                let r = run("ip", &["netns", "exec", netns, "nft", "-f", &file.to_string_lossy()]);
+                let _ = std::fs::remove_file(&file);
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Packets the INVALID rules dropped so far in `netns`.
+    pub fn invalid_drops(self, netns: &str) -> Result<u64> {
+        let (out, marker) = match self {
+            Firewall::Iptables => (run("ip", &["netns", "exec", netns, "iptables-save", "-c", "-t", "filter"])?, "INVALID"),
+            Firewall::Nftables => (run("ip", &["netns", "exec", netns, "nft", "list", "table", "inet", "lbfw"])?, "invalid"),
+        };
+        let mut total = 0;
+        for line in out.lines().filter(|l| l.contains(marker)) {
+            let n = match self {
+                // iptables-save -c: "[PACKETS:BYTES] -A CHAIN ..."
+                Firewall::Iptables => line.trim().strip_prefix('[').and_then(|r| r.split(':').next()).and_then(|n| n.parse::<u64>().ok()),
+                // nft: "ct state invalid counter packets N bytes M drop"
+                Firewall::Nftables => line.split("packets ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()),
+            };
+            total += n.with_context(|| format!("reading the counter of {line:?}"))?;
+        }
+        Ok(total)
+    }
+}
+
+/// How a test cluster is built.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// The LAN side of every uplink gets a 9000-byte MTU, which makes native XDP on the uplink
+    /// veth impossible ("peer MTU too large"): the agents run the tc ingress program on their
+    /// uplinks instead (`--xdp-mode auto`), as on a NIC whose driver has no XDP.
+    pub no_native_xdp: bool,
+    /// Leave GRO, TSO and checksum offloads as the kernel sets them (on) on every veth,
+    /// instead of turning TX checksum offload off (see [`tx_checksum_off`]: needed only where
+    /// native XDP sees the packets).
+    pub offloads: bool,
+    /// A firewall in every node namespace, installed before the agents start.
+    pub firewall: Option<Firewall>,
+}
+
 impl Cluster {
     /// Builds the namespaces and links (no agents yet). `tag` (≤ 3 characters) keeps parallel
     /// tests apart: namespaces are `lb-{tag}-lan` and `lb-{tag}n{i}-…`.
     pub fn create(tag: &str, nodes: &[NodeSpec]) -> Result<Cluster> {
-        Cluster::create_with(tag, nodes, false)
+        Cluster::create_with(tag, nodes, Options::default())
     }
 
-    /// As [`Cluster::create`]; with `generic_xdp` the LAN side of every uplink gets a 9000-byte
-    /// MTU, which makes native XDP on the uplink veth impossible ("peer MTU too large"), so the
-    /// agent falls back to generic (skb) XDP. Why: XDP_TX from native XDP on a veth hands the
-    /// frame straight to the peer's NAPI ring, and there the ICMP REJECT frames built by XDP never reach
-    /// the client's stack (the uplink counts them as `xdp_tx`, the peer's tcpdump sees nothing;
-    /// see tests/tests/external.rs). Generic XDP transmits XDP_TX frames as skbs, which arrive.
-    pub fn create_with(tag: &str, nodes: &[NodeSpec], generic_xdp: bool) -> Result<Cluster> {
+    /// As [`Cluster::create`], built as `opts` says.
+    pub fn create_with(tag: &str, nodes: &[NodeSpec], opts: Options) -> Result<Cluster> {
         assert!(tag.len() <= 3, "tag too long");
+        let tx_checksum_off = |ns: &str, iface: &str| if opts.offloads { Ok(()) } else { tx_checksum_off(ns, iface) };
         let lan = format!("lb-{tag}-lan");
         let _ = ip(&["netns", "del", &lan]);
         let dir = std::env::temp_dir().join(format!("lb-cluster-{tag}-{}", std::process::id()));
@@ -126,7 +190,7 @@ impl Cluster {
             let node_ns = topo.node_netns.clone();
             let lan_if = format!("lb{tag}u{i}");
             ip(&["link", "add", &lan_if, "netns", &lan, "type", "veth", "peer", "name", UPLINK, "netns", &node_ns])?;
-            if generic_xdp {
+            if opts.no_native_xdp {
                 ip_netns(&lan, &["link", "set", &lan_if, "mtu", "9000"])?;
             }
             ip_netns(&lan, &["link", "set", &lan_if, "master", "br0"])?;
@@ -148,6 +212,9 @@ impl Cluster {
             // completes their checksums, but keep pods on full checksums too (belt and braces).
             for pod in &topo.pods {
                 tx_checksum_off(&pod.netns, "eth0")?;
+            }
+            if let Some(fw) = opts.firewall {
+                fw.install(&node_ns)?;
             }
             let manifests = cluster.dir.join(&spec.name);
             std::fs::create_dir_all(&manifests)?;
@@ -225,11 +292,14 @@ impl Cluster {
         self.nodes.iter().find_map(|n| n.topo.pods.iter().find(|p| p.name == name)).unwrap_or_else(|| panic!("no pod {name}"))
     }
 
-    /// Starts lb-echo in pod `pod`, answering `POD peer=CLIENT_IP_IT_SAW`.
-    pub fn spawn_echo(&mut self, pod: &str, tcp: u16, udp: u16) -> Result<()> {
+    /// Starts lb-echo in pod `pod`, answering `POD peer=CLIENT_IP_IT_SAW` (more lb-echo
+    /// arguments in `extra`, e.g. `--bulk PORT`).
+    pub fn spawn_echo(&mut self, pod: &str, tcp: u16, udp: u16, extra: &[&str]) -> Result<()> {
         let node =
             self.nodes.iter_mut().find(|n| n.topo.pods.iter().any(|p| p.name == pod)).with_context(|| format!("no pod {pod}"))?;
-        node.topo.spawn_echo_with(pod, pod, tcp, udp, &["--report-peer"])
+        let mut args = vec!["--report-peer"];
+        args.extend_from_slice(extra);
+        node.topo.spawn_echo_with(pod, pod, tcp, udp, &args)
     }
 
     /// Every agent's log, for failure messages.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod baseline;
+pub mod bulk;
 pub mod client;
 pub mod cluster;
 pub mod fakeapi;

@@ -22,7 +22,8 @@ use std::{
 
 use lb_tests::{
     client::{http_get, tcp_probe, udp_probe},
-    cluster::{Cluster, NodeSpec, CLIENT_IP},
+    bulk,
+    cluster::{Cluster, Firewall, NodeSpec, Options, CLIENT_IP},
     privileges::require_root,
     topo::PodSpec,
     wait,
@@ -132,6 +133,16 @@ fn write_services(c: &Cluster) {
                 &[("a1", true), ("a2", true), ("b1", true), ("b2", true)],
             ),
         ),
+        // 9: bulk transfers (lb-echo --bulk 9000 on b1), eTP=Cluster: masqueraded, remote.
+        (
+            "bulk",
+            service(
+                "bulk",
+                "  type: NodePort\n  clusterIP: 10.96.0.19\n  externalTrafficPolicy: Cluster\n  ports:\n  - {name: bulk, port: 9000, targetPort: 9000, nodePort: 30099, protocol: TCP}\n",
+                "",
+                &[("b1", true)],
+            ),
+        ),
         // 6: LoadBalancer eTP=Local with a healthCheckNodePort (LB IP 192.168.50.200).
         ("lb-hc", lb_hc(true)),
         // 8: LoadBalancer eTP=Cluster, LB IP 192.168.50.201, the only backend on node2.
@@ -153,10 +164,10 @@ fn write_services(c: &Cluster) {
 /// Builds the two-node cluster, starts the echo servers and both agents, and waits until both
 /// agents have programmed the services.
 fn setup(tag: &str) -> Cluster {
-    setup_with(tag, false)
+    setup_with(tag, Options::default())
 }
 
-fn setup_with(tag: &str, generic_xdp: bool) -> Cluster {
+fn setup_with(tag: &str, opts: Options) -> Cluster {
     let nodes = [
         NodeSpec {
             name: "node1".into(),
@@ -165,10 +176,11 @@ fn setup_with(tag: &str, generic_xdp: bool) -> Cluster {
         },
         NodeSpec { name: "node2".into(), ip: NODE2, pods: vec![pod("b1", [10, 244, 2, 11]), pod("b2", [10, 244, 2, 12])] },
     ];
-    let mut c = Cluster::create_with(tag, &nodes, generic_xdp).expect("cluster");
-    for p in ["a1", "a2", "b1", "b2"] {
-        c.spawn_echo(p, 8080, 5353).expect("echo server");
+    let mut c = Cluster::create_with(tag, &nodes, opts).expect("cluster");
+    for p in ["a1", "a2", "b2"] {
+        c.spawn_echo(p, 8080, 5353, &[]).expect("echo server");
     }
+    c.spawn_echo("b1", 8080, 5353, &["--bulk", "9000"]).expect("echo server");
     write_services(&c);
     c.start_agents(&[]).unwrap_or_else(|e| panic!("{e:#}"));
     for node in &c.nodes {
@@ -311,20 +323,20 @@ fn expect_refused(c: &Cluster, what: &str, r: std::io::Result<impl std::fmt::Deb
     }
 }
 
-/// Scenario 4 with the agents' XDP in generic (skb) mode, see [`Cluster::create_with`].
+/// Scenario 4 on uplinks without native XDP (see [`Options::no_native_xdp`]): the uplinks run
+/// the tc ingress program, which sends the REJECT back out of the uplink itself.
 #[test]
 fn service_without_endpoints_rejects_tcp_and_udp() {
     if !require_root("service_without_endpoints_rejects_tcp_and_udp") {
         return;
     }
-    let c = setup_with("x4", true);
+    let c = setup_with("x4", Options { no_native_xdp: true, ..Options::default() });
     check_reject(&c);
 }
 
 /// Scenario 4 (E1) with native XDP on the veth uplinks: the XDP program turns the packet into
-/// the ICMP port unreachable and hands it to the kernel, which routes it back to the client.
-/// (XDP_TX was lost here: native veth XDP drops XDP_TX frames built from locally generated
-/// skbs.)
+/// the ICMP port unreachable and hands it to the uplink's tc program, which sends it back to
+/// the client.
 #[test]
 fn service_without_endpoints_rejects_tcp_and_udp_native_xdp() {
     if !require_root("service_without_endpoints_rejects_tcp_and_udp_native_xdp") {
@@ -429,18 +441,22 @@ fn host_originated_clusterip_traffic_reaches_a_remote_backend_and_is_rejected_wi
         return;
     }
     let c = setup("x7");
+    check_host_remote_and_reject(&c);
+}
+
+fn check_host_remote_and_reject(c: &Cluster) {
     let node1 = c.node("node1").netns().to_string();
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80);
-    first_answer(&c, &node1, dst);
+    first_answer(c, &node1, dst);
     for _ in 0..10 {
-        let (answer, peer) = tcp_probe(&node1, dst, T).unwrap_or_else(|e| fail(&c, format!("{dst}: {e}")));
+        let (answer, peer) = tcp_probe(&node1, dst, T).unwrap_or_else(|e| fail(c, format!("{dst}: {e}")));
         assert_eq!(parse(&answer), ("b1".to_string(), NODE1.to_string()));
         assert_eq!(peer, SocketAddr::V4(dst));
     }
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 15), 80);
-    expect_refused(&c, &format!("host TCP {dst}"), tcp_probe(&node1, dst, T));
+    expect_refused(c, &format!("host TCP {dst}"), tcp_probe(&node1, dst, T));
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 15), 53);
-    expect_refused(&c, &format!("host UDP {dst}"), udp_probe(&node1, dst, T));
+    expect_refused(c, &format!("host UDP {dst}"), udp_probe(&node1, dst, T));
 }
 
 /// Scenario 7b: np-local's ClusterIP from node1 is balanced over a1 (local) and b1 (remote):
@@ -452,12 +468,16 @@ fn host_originated_clusterip_traffic_is_balanced_over_local_and_remote_backends(
         return;
     }
     let c = setup("xb");
+    check_host_balanced(&c);
+}
+
+fn check_host_balanced(c: &Cluster) {
     let node1 = c.node("node1").netns().to_string();
     let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 12), 80);
-    first_answer(&c, &node1, dst);
+    first_answer(c, &node1, dst);
     let mut names = BTreeSet::new();
     for _ in 0..40 {
-        let (answer, _) = tcp_probe(&node1, dst, T).unwrap_or_else(|e| fail(&c, format!("{dst}: {e}")));
+        let (answer, _) = tcp_probe(&node1, dst, T).unwrap_or_else(|e| fail(c, format!("{dst}: {e}")));
         names.insert(parse(&answer).0);
     }
     assert_eq!(names, BTreeSet::from(["a1".to_string(), "b1".to_string()]), "node → ClusterIP uses cluster endpoints");
@@ -473,6 +493,10 @@ fn load_balancer_ips_from_outside_with_both_policies() {
         return;
     }
     let c = setup("x8");
+    check_load_balancer_ips(&c);
+}
+
+fn check_load_balancer_ips(c: &Cluster) {
     for lb in ["192.168.50.200", "192.168.50.201"] {
         lb_tests::netns::ip_netns(&c.client_netns, &["route", "add", &format!("{lb}/32"), "via", &NODE1.to_string()]).unwrap();
     }
@@ -481,11 +505,87 @@ fn load_balancer_ips_from_outside_with_both_policies() {
         (Ipv4Addr::new(192, 168, 50, 201), "b1", NODE1.to_string()),
     ] {
         let dst = SocketAddrV4::new(lb, 80);
-        first_answer(&c, &c.client_netns, dst);
+        first_answer(c, &c.client_netns, dst);
         for _ in 0..10 {
-            let (answer, peer) = tcp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(&c, format!("{dst}: {e}")));
+            let (answer, peer) = tcp_probe(&c.client_netns, dst, T).unwrap_or_else(|e| fail(c, format!("{dst}: {e}")));
             assert_eq!(parse(&answer), (backend.to_string(), seen.clone()), "{dst}");
             assert_eq!(peer, SocketAddr::V4(dst), "the client talks to the LB IP");
         }
     }
+}
+
+/// Pods to a ClusterIP whose backend is on the other node, TCP and UDP: the pod's tc program
+/// sends the translated packet out of the uplink, the reply comes back through node1's uplink
+/// and goes straight into the client pod.
+fn check_pod_clusterip(c: &Cluster) {
+    let client = c.pod("client1").netns.clone();
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80);
+    first_answer(c, &client, dst);
+    for _ in 0..10 {
+        let (answer, peer) = tcp_probe(&client, dst, T).unwrap_or_else(|e| fail(c, format!("{dst}: {e}")));
+        assert_eq!(parse(&answer), ("b1".to_string(), "10.244.1.10".to_string()), "pod traffic is not masqueraded");
+        assert_eq!(peer, SocketAddr::V4(dst));
+    }
+    let dst = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 53);
+    let answer = udp_probe(&client, dst, T).unwrap_or_else(|e| fail(c, format!("UDP {dst}: {e}")));
+    assert_eq!(parse(&answer), ("b1".to_string(), "10.244.1.10".to_string()));
+}
+
+/// Every scenario behind a node firewall that drops what netfilter's conntrack finds INVALID
+/// (INPUT, FORWARD, OUTPUT): the datapath delivers what it translates, so netfilter never sees
+/// half a flow (a reverse-NATed SYN-ACK without its SYN, an ICMP error of an unknown flow).
+fn check_behind_firewall(tag: &str, fw: Firewall) {
+    let c = setup_with(tag, Options { firewall: Some(fw), ..Options::default() });
+    check_pod_clusterip(&c);
+    check_remote_backend_masqueraded(&c);
+    check_local_policy(&c);
+    check_load_balancer_ips(&c);
+    check_hairpin(&c);
+    check_host_remote_and_reject(&c);
+    check_host_balanced(&c);
+    check_reject(&c);
+    for node in &c.nodes {
+        let dropped = fw.invalid_drops(node.netns()).unwrap_or_else(|e| fail(&c, format!("{e:#}")));
+        assert_eq!(dropped, 0, "{fw:?} on {} dropped {dropped} packets as INVALID", node.name);
+    }
+}
+
+#[test]
+fn every_scenario_passes_behind_an_iptables_firewall_dropping_invalid() {
+    if !require_root("every_scenario_passes_behind_an_iptables_firewall_dropping_invalid") {
+        return;
+    }
+    check_behind_firewall("xf", Firewall::Iptables);
+}
+
+#[test]
+fn every_scenario_passes_behind_an_nftables_firewall_dropping_invalid() {
+    if !require_root("every_scenario_passes_behind_an_nftables_firewall_dropping_invalid") {
+        return;
+    }
+    check_behind_firewall("xn", Firewall::Nftables);
+}
+
+/// A NIC without native XDP, with GRO, TSO and checksum offloads on: the uplinks run the tc
+/// program, which updates checksums correctly on GRO-merged (CHECKSUM_PARTIAL) skbs. 64 MiB
+/// each way through a masqueraded NodePort to a remote backend, checked by SHA-256.
+#[test]
+fn bulk_transfer_through_a_masqueraded_nodeport_without_native_xdp_and_offloads_on() {
+    if !require_root("bulk_transfer_through_a_masqueraded_nodeport_without_native_xdp_and_offloads_on") {
+        return;
+    }
+    let c = setup_with("xg", Options { no_native_xdp: true, offloads: true, ..Options::default() });
+    for node in &c.nodes {
+        let log = node.agent().log();
+        assert!(log.contains("runs the tc ingress program"), "{} did not fall back to tc:\n{log}", node.name);
+    }
+    let dst = SocketAddrV4::new(NODE1, 30099);
+    for round in 0..2 {
+        if let Err(e) = bulk::transfer(&c.client_netns, dst, 64 << 20, Duration::from_secs(60)) {
+            fail(&c, format!("bulk transfer {round} through {dst}: {e:#}"));
+        }
+    }
+    let stats = c.node("node1").agent().stats().unwrap_or_else(|e| fail(&c, format!("{e:#}")));
+    let redirected: u64 = ["fwd_redirect", "fwd_redirect_peer", "fwd_redirect_neigh"].iter().filter_map(|k| stats.get(*k)).sum();
+    assert!(redirected > 1000, "node1 delivered the transfer itself: {redirected} packets redirected");
 }

@@ -12,7 +12,7 @@ use aya::{
 use lb_common::{ct_dir, ct_flags, ip_to_map, port_to_map, Counter, CtEntry, CtKey};
 mod common;
 
-use common::{counter, run_tc, run_xdp, tcp};
+use common::{counter, run_tc, run_xdp, run_xdp_meta, tcp};
 use lb_tests::privileges::require_root;
 use lb_userspace::{
     config::ProxyFlags,
@@ -284,8 +284,8 @@ fn external_traffic_policy_local() {
 }
 
 /// E1 on the uplink: a NodePort without endpoints is answered with an ICMP port unreachable
-/// handed to the kernel (XDP_PASS) to route back to the client: the frame stays addressed to
-/// this node.
+/// handed to the uplink's tc program (XDP_PASS with the hand-off in the XDP metadata) to send
+/// back to the client: the frame stays addressed as the kernel received it.
 #[test]
 fn xdp_rejects_nodeport_without_endpoints() {
     if !require_root("xdp_rejects_nodeport_without_endpoints") {
@@ -293,8 +293,8 @@ fn xdp_rejects_nodeport_without_endpoints() {
     }
     let mut h = Harness::new();
     let syn = tcp(EXTERNAL, 43000, NODE, 30082, true);
-    let (rc, out) = h.xdp(&syn);
-    assert_eq!(rc, XDP_PASS);
+    let (rc, meta, out) = run_xdp_meta(&mut h.ebpf, names::PROG_UPLINK, &syn, 0);
+    assert_eq!((rc, meta), (XDP_PASS, Some(lb_common::xdp_meta::ORIGINATED)));
     assert!(packet::is_port_unreachable(&out), "ICMP port unreachable with valid checksums");
     assert_eq!(&out[..12], &syn[..12], "Ethernet addresses kept: the kernel routes it");
     assert_eq!(&out[14 + 12..14 + 16], &NODE.octets(), "from the NodePort address");

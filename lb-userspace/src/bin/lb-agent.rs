@@ -25,7 +25,7 @@ use lb_userspace::{
     config::ProxyFlags,
     config::{interface_ips, node_object_ip},
     dataplane::{
-        attach::{watch_links, Attacher, InterfaceSelector, Placement},
+        attach::{watch_links, Attacher, InterfaceSelector, Placement, XdpMode},
         inspect::datapath_snapshot,
         load_object_from,
         pin::PinDir,
@@ -66,10 +66,16 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "veth*")]
     interfaces: Vec<String>,
 
-    /// Uplinks carrying external traffic (XDP program, native mode where the driver has it,
-    /// generic otherwise; plus the tc egress program): names or glob patterns.
+    /// Uplinks carrying external traffic (the XDP program in native mode, or the tc ingress
+    /// program, see --xdp-mode; plus the tc egress program): names or glob patterns.
     #[arg(long, value_delimiter = ',')]
     xdp_interfaces: Vec<String>,
+
+    /// How uplinks run the datapath: `auto` native XDP where the driver has it and the tc
+    /// ingress program elsewhere; `native` XDP only; `tc` the tc program only. Generic (skb)
+    /// XDP is never used: it runs after GRO, where checksums cannot be updated correctly.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpMode,
 
     #[command(flatten)]
     proxy: ProxyFlags,
@@ -321,7 +327,11 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     let selector =
-        Placement { pods: InterfaceSelector::parse(&args.interfaces)?, uplinks: InterfaceSelector::parse(&args.xdp_interfaces)? };
+        Placement {
+            pods: InterfaceSelector::parse(&args.interfaces)?,
+            uplinks: InterfaceSelector::parse(&args.xdp_interfaces)?,
+            xdp_mode: args.xdp_mode,
+        };
     let node_name = args.proxy.node_name();
     args.proxy.nodeport_addresses()?;
     let healthz = bind_address(&args.healthz_bind_address, "healthz-bind-address")?;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{
-    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceKey,
+    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, Counters, CtEntry, CtKey, ServiceKey,
     ServiceValue,
 };
 use lb_userspace::{
@@ -411,14 +411,9 @@ impl Rows for StatRow {
 }
 
 fn stats(pins: &PinDir) -> Result<Vec<StatRow>> {
-    let map: PerCpuArray<MapData, u64> = open(pins, names::STATS)?;
-    Counter::ALL
-        .iter()
-        .map(|c| {
-            let per_cpu = map.get(&(*c as u32), 0).with_context(|| format!("reading counter {}", c.name()))?;
-            Ok(StatRow { counter: c.name(), value: per_cpu.iter().sum() })
-        })
-        .collect()
+    let map: PerCpuArray<MapData, Counters> = open(pins, names::STATS)?;
+    let sums = lb_userspace::dataplane::inspect::sum_counters(&map)?;
+    Ok(Counter::ALL.iter().map(|c| StatRow { counter: c.name(), value: sums[*c as usize] }).collect())
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,13 @@
 //! Attaching the programs to the configured interfaces (see [`Placement`]), following
-//! interfaces as they come and go (netlink link notifications), and keeping the attachments
-//! alive across agent restarts.
+//! interfaces as they come and go (netlink link notifications), keeping the attachments
+//! alive across agent restarts, and telling the datapath which interfaces are pod veths
+//! (`LB_IFACES`: delivery with bpf_redirect_peer).
+//!
+//! Uplinks run the XDP program in native (driver) mode, with `lb_uplink_deliver` on their tc
+//! ingress for what XDP hands over. Where the driver has no native XDP, the uplink runs the
+//! tc ingress program instead (`--xdp-mode auto`, the default; `tc` forces it): generic (skb)
+//! XDP is never used, because it runs after GRO, where a merged TCP skb's checksum field holds
+//! only the pseudo-header sum and an incremental update there produces wrong checksums.
 //!
 //! Each attachment is a bpf_link (TCX or XDP) pinned at `<bpffs>/links/<hook prefix><interface>`: while the pin
 //! exists the program stays attached, whether or not an agent runs. A starting agent finds the
@@ -17,7 +24,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        SchedClassifier, TcAttachType, Xdp,
     },
     Ebpf,
 };
@@ -81,18 +88,24 @@ pub enum Hook {
     PodIngress,
     /// `lb_host_egress` on tc egress of every managed interface and `lo`.
     HostEgress,
-    /// `lb_uplink` as XDP on uplinks.
+    /// `lb_uplink` as XDP on uplinks (native mode only).
     Uplink,
+    /// tc ingress on uplinks: `lb_uplink_deliver` behind native XDP, or the whole datapath
+    /// (`lb_pod_ingress`) where the uplink runs no XDP.
+    UplinkIngress,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::PodIngress, Hook::HostEgress, Hook::Uplink];
+    pub const ALL: [Hook; 4] = [Hook::PodIngress, Hook::HostEgress, Hook::Uplink, Hook::UplinkIngress];
 
-    pub fn program(self) -> &'static str {
+    /// The program this hook runs (`tc_mode`: the uplink has no XDP program).
+    pub fn program(self, tc_mode: bool) -> &'static str {
         match self {
             Hook::PodIngress => names::PROG_POD_INGRESS,
             Hook::HostEgress => names::PROG_HOST_EGRESS,
             Hook::Uplink => names::PROG_UPLINK,
+            Hook::UplinkIngress if tc_mode => names::PROG_POD_INGRESS,
+            Hook::UplinkIngress => names::PROG_UPLINK_DELIVER,
         }
     }
 
@@ -103,6 +116,7 @@ impl Hook {
             Hook::PodIngress => pin_name(interface),
             Hook::HostEgress => format!("egress-{}", pin_name(interface)),
             Hook::Uplink => format!("xdp-{}", pin_name(interface)),
+            Hook::UplinkIngress => format!("ingress-{}", pin_name(interface)),
         }
     }
 
@@ -116,6 +130,8 @@ impl Hook {
             (Hook::HostEgress, unescape(i))
         } else if let Some(i) = file.strip_prefix("xdp-") {
             (Hook::Uplink, unescape(i))
+        } else if let Some(i) = file.strip_prefix("ingress-") {
+            (Hook::UplinkIngress, unescape(i))
         } else {
             (Hook::PodIngress, unescape(file))
         })
@@ -126,8 +142,20 @@ impl Hook {
             Hook::PodIngress => "tcx ingress",
             Hook::HostEgress => "tcx egress",
             Hook::Uplink => "xdp",
+            Hook::UplinkIngress => "tcx ingress",
         }
     }
+}
+
+/// How uplinks run the datapath (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native XDP where the driver has it, the tc ingress program elsewhere.
+    Auto,
+    /// Native XDP only: an uplink whose driver lacks it is not attached (and reported).
+    Native,
+    /// The tc ingress program only.
+    Tc,
 }
 
 /// Loads one tc program into the kernel (once).
@@ -192,8 +220,9 @@ pub fn allow_local_sources(proc_sys: &Path, interface: &str) -> Vec<String> {
 pub struct Placement {
     /// Pod-facing interfaces (`--interfaces`): pod ingress + host egress.
     pub pods: InterfaceSelector,
-    /// Uplinks (`--xdp-interfaces`): XDP + host egress.
+    /// Uplinks (`--xdp-interfaces`): XDP (unless `xdp_mode` is tc) + tc ingress + host egress.
     pub uplinks: InterfaceSelector,
+    pub xdp_mode: XdpMode,
 }
 
 impl Placement {
@@ -208,7 +237,10 @@ impl Placement {
                 out.insert((name.clone(), Hook::HostEgress), *idx);
             }
             if self.uplinks.matches(name) {
-                out.insert((name.clone(), Hook::Uplink), *idx);
+                if self.xdp_mode != XdpMode::Tc {
+                    out.insert((name.clone(), Hook::Uplink), *idx);
+                }
+                out.insert((name.clone(), Hook::UplinkIngress), *idx);
                 out.insert((name.clone(), Hook::HostEgress), *idx);
             }
         }
@@ -221,6 +253,57 @@ impl Placement {
     }
 }
 
+/// The kernel driver of an interface (`ethtool -i`), through the SIOCETHTOOL ioctl in this
+/// network namespace (sysfs may belong to another one, e.g. under `nsenter --net`).
+pub fn driver_name(interface: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    if interface.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain-data structs, zero is valid for both; the ioctl writes into `info` through
+    // the pointer in `req`, both alive for the call; the socket is closed below.
+    unsafe {
+        let mut info: DrvInfo = std::mem::zeroed();
+        info.cmd = ETHTOOL_GDRVINFO;
+        let mut req: IfReq = std::mem::zeroed();
+        req.name[..interface.len()].copy_from_slice(interface.as_bytes());
+        req.data = &mut info;
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+        let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+        Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+    }
+}
+
 /// The programs attached, as pinned links.
 pub struct Attacher {
     dir: PathBuf,
@@ -228,13 +311,20 @@ pub struct Attacher {
     proc_sys: PathBuf,
     /// (interface, hook) → ifindex it had when attached.
     attached: BTreeMap<(String, Hook), u32>,
+    /// Uplinks whose driver has no native XDP (→ ifindex): they run the tc ingress program.
+    no_native_xdp: BTreeMap<String, u32>,
+    /// Pins of an earlier agent that this one does not want were removed (first reconcile).
+    pruned: bool,
+    /// Attached pod-facing interfaces that are veths (ifindex), and what `LB_IFACES` holds.
+    pod_veths: BTreeMap<u32, String>,
+    ifaces_written: Option<BTreeMap<u32, u32>>,
 }
 
 impl Attacher {
     /// Attachments pinned under `dir` (created if missing); sysctls written under `proc_sys`.
     pub fn new(dir: PathBuf, proc_sys: PathBuf) -> Result<Attacher> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Attacher { dir, proc_sys, attached: BTreeMap::new() })
+        Ok(Attacher { dir, proc_sys, attached: BTreeMap::new(), no_native_xdp: BTreeMap::new(), pruned: false, pod_veths: BTreeMap::new(), ifaces_written: None })
     }
 
     fn pin_path(&self, interface: &str, hook: Hook) -> PathBuf {
@@ -255,41 +345,108 @@ impl Attacher {
     /// by an earlier agent), and forgets vanished interfaces.
     pub fn reconcile(&mut self, ebpf: &mut Ebpf, placement: &Placement) -> Result<()> {
         let wanted = placement.wanted(&interfaces());
+        if !self.pruned {
+            self.prune_unwanted(&wanted);
+            self.pruned = true;
+        }
+        self.no_native_xdp.retain(|name, idx| wanted.get(&(name.clone(), Hook::Uplink)) == Some(idx));
         let stale: Vec<(String, Hook)> =
             self.attached.iter().filter(|(k, idx)| wanted.get(*k) != Some(idx)).map(|(k, _)| k.clone()).collect();
         for (name, hook) in stale {
             // The interface is gone or was replaced: the kernel detached its link.
-            self.attached.remove(&(name.clone(), hook));
+            if let Some(idx) = self.attached.remove(&(name.clone(), hook)) {
+                if hook == Hook::PodIngress {
+                    self.pod_veths.remove(&idx);
+                }
+            }
             let _ = std::fs::remove_file(self.pin_path(&name, hook));
             info!(interface = %name, hook = hook.describe(), "interface gone, forgotten");
         }
         for ((name, hook), idx) in wanted {
-            if self.attached.contains_key(&(name.clone(), hook)) {
+            if self.attached.contains_key(&(name.clone(), hook)) || self.no_native_xdp.get(&name) == Some(&idx) && hook == Hook::Uplink {
                 continue;
             }
+            let tc_mode = placement.xdp_mode == XdpMode::Tc || self.no_native_xdp.contains_key(&name);
+            let program = hook.program(tc_mode);
             let result = match hook {
-                Hook::PodIngress => self.attach_tc(ebpf, &name, hook, TcAttachType::Ingress),
-                Hook::HostEgress => self.attach_tc(ebpf, &name, hook, TcAttachType::Egress),
-                Hook::Uplink => self.attach_xdp(ebpf, &name),
+                Hook::PodIngress | Hook::UplinkIngress => self.attach_tc(ebpf, &name, hook, program, TcAttachType::Ingress),
+                Hook::HostEgress => self.attach_tc(ebpf, &name, hook, program, TcAttachType::Egress),
+                Hook::Uplink => match self.attach_xdp(ebpf, &name) {
+                    Err(e) if placement.xdp_mode == XdpMode::Auto => {
+                        info!(interface = %name, "no native XDP ({e:#}): the uplink runs the tc ingress program");
+                        self.no_native_xdp.insert(name.clone(), idx);
+                        continue;
+                    }
+                    other => other,
+                },
             };
             match result {
                 Ok(how) => {
-                    info!(interface = %name, ifindex = idx, "{how} {} ({})", hook.program(), hook.describe());
+                    info!(interface = %name, ifindex = idx, "{how} {program} ({})", hook.describe());
                     if !self.attached.keys().any(|(n, _)| *n == name) {
                         for problem in allow_local_sources(&self.proc_sys, &name) {
                             warn!("{problem}");
                         }
+                    }
+                    if hook == Hook::PodIngress && driver_name(&name).as_deref() == Some("veth") {
+                        self.pod_veths.insert(idx, name.clone());
                     }
                     self.attached.insert((name, hook), idx);
                 }
                 Err(e) => warn!(interface = %name, hook = hook.describe(), "attach failed: {e:#}"),
             }
         }
+        self.sync_ifaces(ebpf)
+    }
+
+    /// Removes pinned links of an earlier agent for (interface, hook) pairs this one does not
+    /// want (an uplink that now runs in tc mode, an interface no longer selected): unpinning
+    /// detaches them.
+    fn prune_unwanted(&self, wanted: &BTreeMap<(String, Hook), u32>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some((hook, name)) = Hook::from_pin_name(&file) else { continue };
+            if !wanted.contains_key(&(name.clone(), hook)) {
+                let _ = std::fs::remove_file(entry.path());
+                info!(interface = %name, hook = hook.describe(), "removed an earlier agent's attachment that is no longer wanted");
+            }
+        }
+    }
+
+    /// Interfaces running the tc ingress program in place of XDP.
+    pub fn tc_mode_uplinks(&self) -> impl Iterator<Item = &str> {
+        self.no_native_xdp.keys().map(String::as_str)
+    }
+
+    /// What `LB_IFACES` should hold for the attached interfaces: ifindex →
+    /// `lb_common::iface_flags`.
+    pub fn iface_flags(&self) -> BTreeMap<u32, u32> {
+        self.pod_veths.keys().map(|idx| (*idx, lb_common::iface_flags::POD_VETH)).collect()
+    }
+
+    /// Writes `LB_IFACES` when what it should hold changed (entries of other interfaces, e.g.
+    /// an earlier agent's vanished ones, are removed).
+    fn sync_ifaces(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let want = self.iface_flags();
+        if self.ifaces_written.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        let mut map: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(ebpf.map_mut(names::IFACES).context("map LB_IFACES missing")?)?;
+        let present: Vec<u32> = map.keys().flatten().collect();
+        for k in present.into_iter().filter(|k| !want.contains_key(k)) {
+            let _ = map.remove(&k);
+        }
+        for (k, v) in &want {
+            map.insert(k, v, 0).context("writing LB_IFACES")?;
+        }
+        self.ifaces_written = Some(want);
         Ok(())
     }
 
-    fn attach_tc(&self, ebpf: &mut Ebpf, name: &str, hook: Hook, kind: TcAttachType) -> Result<&'static str> {
-        let prog = load_tc_program(ebpf, hook.program())?;
+    fn attach_tc(&self, ebpf: &mut Ebpf, name: &str, hook: Hook, program: &str, kind: TcAttachType) -> Result<&'static str> {
+        let prog = load_tc_program(ebpf, program)?;
         let path = self.pin_path(name, hook);
         if let Ok(old) = PinnedLink::from_pin(&path) {
             // An earlier agent's link: swap our program in atomically.
@@ -313,7 +470,7 @@ impl Attacher {
         Ok("attached")
     }
 
-    /// XDP in native (driver) mode where the driver has it, generic otherwise.
+    /// XDP in native (driver) mode; an error where the driver has no native XDP.
     fn attach_xdp(&self, ebpf: &mut Ebpf, name: &str) -> Result<&'static str> {
         let prog = load_xdp_program(ebpf)?;
         let path = self.pin_path(name, Hook::Uplink);
@@ -331,13 +488,8 @@ impl Attacher {
                 }
             }
         }
-        let (id, how) = match prog.attach(name, XdpMode::Driver) {
-            Ok(id) => (id, "attached (native)"),
-            Err(e) => {
-                info!(interface = %name, "native XDP unavailable ({e}); using generic XDP");
-                (prog.attach(name, XdpMode::Skb)?, "attached (generic)")
-            }
-        };
+        let id = prog.attach(name, aya::programs::XdpMode::Driver).context("native XDP")?;
+        let how = "attached (native)";
         let fd: FdLink = prog.take_link(id)?.try_into().context("XDP attachment is not a bpf_link")?;
         self.pin(fd, name, Hook::Uplink)?;
         Ok(how)
@@ -387,6 +539,13 @@ pub fn watch_links(tx: tokio::sync::mpsc::Sender<()>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn driver_names_come_from_ethtool() {
+        // The loopback has no ethtool driver info; a missing interface has none either.
+        assert_eq!(super::driver_name("no-such-if0"), None);
+        assert_eq!(super::driver_name("an-interface-name-far-too-long"), None);
+    }
+
+    #[test]
     fn pin_names_have_no_dots() {
         assert_eq!(super::pin_name("veth1"), "veth1");
         assert_eq!(super::pin_name("eth0.100"), "eth0%2e100");
@@ -406,11 +565,9 @@ mod tests {
 
     #[test]
     fn placement_puts_egress_everywhere_and_lo_once() {
-        use super::{Hook, InterfaceSelector, Placement};
-        let p = Placement {
-            pods: InterfaceSelector::parse(&["veth*".into()]).unwrap(),
-            uplinks: InterfaceSelector::parse(&["eth0".into()]).unwrap(),
-        };
+        use super::{Hook, InterfaceSelector, Placement, XdpMode};
+        let sel = |s: &str| InterfaceSelector::parse(&[s.into()]).unwrap();
+        let p = Placement { pods: sel("veth*"), uplinks: sel("eth0"), xdp_mode: XdpMode::Auto };
         let present = vec![("lo".to_string(), 1), ("eth0".to_string(), 2), ("veth1".to_string(), 3), ("other".to_string(), 4)];
         let wanted: Vec<(String, Hook)> = p.wanted(&present).into_keys().collect();
         let s = |n: &str, h| (n.to_string(), h);
@@ -419,12 +576,19 @@ mod tests {
             vec![
                 s("eth0", Hook::HostEgress),
                 s("eth0", Hook::Uplink),
+                s("eth0", Hook::UplinkIngress),
                 s("lo", Hook::HostEgress),
                 s("veth1", Hook::PodIngress),
                 s("veth1", Hook::HostEgress)
             ]
         );
-        let none = Placement { pods: InterfaceSelector::parse(&[]).unwrap(), uplinks: InterfaceSelector::parse(&[]).unwrap() };
+        // tc mode: no XDP; the uplink's tc ingress runs the whole datapath.
+        let tc = Placement { xdp_mode: XdpMode::Tc, ..p.clone() };
+        assert!(!tc.wanted(&present).contains_key(&s("eth0", Hook::Uplink)));
+        assert!(tc.wanted(&present).contains_key(&s("eth0", Hook::UplinkIngress)));
+        assert_eq!(Hook::UplinkIngress.program(true), super::names::PROG_POD_INGRESS);
+        assert_eq!(Hook::UplinkIngress.program(false), super::names::PROG_UPLINK_DELIVER);
+        let none = Placement { pods: InterfaceSelector::parse(&[]).unwrap(), uplinks: InterfaceSelector::parse(&[]).unwrap(), xdp_mode: XdpMode::Auto };
         assert!(none.wanted(&present).is_empty());
     }
 }

@@ -1,9 +1,9 @@
 //! Reading a running datapath's pinned maps for metrics: counters summed over CPUs and map
 //! fill levels.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{Backend, Counter, CtEntry, CtKey, ServiceKey, ServiceValue};
+use lb_common::{Backend, Counter, Counters, CtEntry, CtKey, ServiceKey, ServiceValue};
 
 use super::{names, pin::PinDir};
 use crate::http::DatapathSnapshot;
@@ -23,13 +23,23 @@ fn fill<K: aya::Pod, V: aya::Pod>(pins: &PinDir, name: &str) -> Result<(String, 
     Ok((name.to_string(), typed.keys().filter(|k| k.is_ok()).count() as u64, max))
 }
 
+/// Every datapath counter summed over CPUs, indexed by `Counter` (`LB_STATS`: one block of
+/// counters per CPU).
+pub fn sum_counters<T: std::borrow::Borrow<MapData>>(stats: &PerCpuArray<T, Counters>) -> Result<[u64; Counter::COUNT as usize]> {
+    let mut sum = [0u64; Counter::COUNT as usize];
+    for cpu in stats.get(&0, 0).context("reading LB_STATS")?.iter() {
+        for (s, v) in sum.iter_mut().zip(cpu.v) {
+            *s = s.wrapping_add(v);
+        }
+    }
+    Ok(sum)
+}
+
 /// Counters and fill levels of the datapath pinned under `pins`.
 pub fn datapath_snapshot(pins: &PinDir) -> Result<DatapathSnapshot> {
-    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(pins.open(names::STATS)?)?;
-    let counters = Counter::ALL
-        .iter()
-        .map(|c| Ok((c.name().to_string(), stats.get(&(*c as u32), 0)?.iter().sum())))
-        .collect::<Result<Vec<_>>>()?;
+    let stats: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(pins.open(names::STATS)?)?;
+    let sums = sum_counters(&stats)?;
+    let counters = Counter::ALL.iter().map(|c| (c.name().to_string(), sums[*c as usize])).collect();
     let map_entries = vec![
         fill::<ServiceKey, ServiceValue>(pins, names::SERVICES)?,
         fill::<u32, Backend>(pins, names::BACKENDS)?,

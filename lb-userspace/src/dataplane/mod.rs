@@ -28,16 +28,19 @@ pub mod names {
     pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
     pub const LOCAL_CIDRS: &str = "LB_LOCAL_CIDRS";
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
+    pub const IFACES: &str = "LB_IFACES";
     /// Created by the agent (not in the object): service-port id → "ns/name:port/PROTO".
     pub const NAMES: &str = "LB_NAMES";
-    pub const ALL_OBJECT_MAPS: [&str; 10] =
-        [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS, AFFINITY, SOURCE_RANGES, LOCAL_CIDRS, NODE_ADDRS];
+    pub const ALL_OBJECT_MAPS: [&str; 11] =
+        [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS, AFFINITY, SOURCE_RANGES, LOCAL_CIDRS, NODE_ADDRS, IFACES];
     /// The tc program for pod-facing interfaces (ingress).
     pub const PROG_POD_INGRESS: &str = "lb_pod_ingress";
     /// The tc program for the node's own traffic (egress).
     pub const PROG_HOST_EGRESS: &str = "lb_host_egress";
     /// The XDP program for uplinks.
     pub const PROG_UPLINK: &str = "lb_uplink";
+    /// The tc program behind it (uplink ingress): delivers what XDP hands over.
+    pub const PROG_UPLINK_DELIVER: &str = "lb_uplink_deliver";
 }
 
 /// Capacities (map sizes) with their defaults; all are agent flags.

@@ -1,7 +1,7 @@
 //! Backend server for tests and the demo: TCP answers its name on connect and to every line;
 //! UDP answers its name to every datagram. Prints "ready" once listening. With `--report-peer`
 //! the answer is `NAME peer=IP` (IP: the client address this server saw), so tests can check
-//! masquerading.
+//! masquerading. With `--bulk PORT` it also serves bulk transfers checked by hash.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -24,6 +24,9 @@ struct Args {
     /// datagram).
     #[arg(long)]
     report_peer: bool,
+    /// Also serve bulk transfers on this TCP port (`lb_tests::bulk`).
+    #[arg(long)]
+    bulk: Option<u16>,
 }
 
 fn answer_for(name: &str, report_peer: bool, peer: Option<std::net::SocketAddr>) -> String {
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     let (name, report_peer) = (args.name.clone(), args.report_peer);
     let tcp = args.tcp.map(|p| TcpListener::bind((args.bind.as_str(), p))).transpose()?;
     let udp = args.udp.map(|p| UdpSocket::bind((args.bind.as_str(), p))).transpose()?;
+    let bulk = args.bulk.map(|p| TcpListener::bind((args.bind.as_str(), p))).transpose()?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut threads = Vec::new();
@@ -64,6 +68,17 @@ fn main() -> anyhow::Result<()> {
             for s in l.incoming().flatten() {
                 let a = answer_for(&name, report_peer, s.peer_addr().ok());
                 std::thread::spawn(move || serve(s, a));
+            }
+        }));
+    }
+    if let Some(l) = bulk {
+        threads.push(std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    if let Err(e) = lb_tests::bulk::serve(s) {
+                        eprintln!("lb-echo: bulk transfer: {e:#}");
+                    }
+                });
             }
         }));
     }

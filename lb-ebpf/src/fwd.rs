@@ -1,0 +1,305 @@
+//! Delivery: a translated packet is sent on by the datapath itself instead of being handed
+//! back to the kernel's stack (no second routing decision, no netfilter, no second pass
+//! through our own egress program).
+//!
+//! The next hop comes from the kernel's FIB (`bpf_fib_lookup`, the same routes and neighbours
+//! the stack would use); then, by hook:
+//!
+//! | hook | next hop is a pod on this node | anything else |
+//! |---|---|---|
+//! | tc ingress (pod veths, uplinks in tc mode, XDP hand-offs) | `bpf_redirect_peer` into the pod | `bpf_redirect` out of the interface (MACs from the FIB) |
+//! | tc egress (the node's own packets) | `bpf_redirect` | `bpf_redirect` (or on, if it already leaves the right way) |
+//! | XDP (uplinks) | handed to the uplink's tc ingress (XDP metadata) | `XDP_TX` when it leaves where it came in |
+//!
+//! An unresolved neighbour goes out with `bpf_redirect_neigh` (the kernel resolves it). The
+//! stack gets the packet only where a redirect cannot be right, each case counted: no route
+//! (`StackNoRoute`), over the egress MTU (`StackMtu`: the stack fragments or answers
+//! "fragmentation needed"), addressed to this node (`StackLocal`), TTL expiring (`StackTtl`).
+//! Forwarded packets get their TTL decremented and header checksum updated here, as the stack
+//! would.
+//!
+//! Only [`Query::new`] and [`decrement_ttl`] know the address family; the rest is written
+//! once for both.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
+        xdp_action::{XDP_PASS, XDP_TX},
+    },
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_xdp_adjust_meta},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{csum, iface_flags, xdp_meta, Counter, MARK_DELIVERED};
+
+use crate::{
+    frame::{load, store, Frame},
+    maps::LB_IFACES,
+    parse::ETH_HLEN,
+    stats::Stats,
+};
+
+const AF_INET: u8 = 2;
+const LOOPBACK_IFINDEX: u32 = 1;
+const IP_TTL_OFF: usize = ETH_HLEN + 8;
+const IP_CHECK_OFF: usize = ETH_HLEN + 10;
+
+/// Where a translated packet goes: its addresses after translation.
+#[derive(Clone, Copy)]
+pub struct Fwd {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub proto: u8,
+    /// The IP packet's length (the XDP MTU check; tc lets the kernel check the skb).
+    pub tot_len: u16,
+}
+
+/// How the packet reached the program that delivers it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Received from a pod or the network: forwarded, so the TTL is decremented.
+    Forwarded,
+    /// Sent by this node (a host process, or a reply the datapath built): TTL left as it is.
+    Local,
+}
+
+/// The FIB query for a packet's addresses.
+struct Query(bpf_fib_lookup);
+
+impl Query {
+    /// `tot_len` 0 lets the kernel check the skb against the egress MTU itself (GSO-aware:
+    /// a GRO-merged skb is not "too big"); XDP frames pass their IP length.
+    #[inline(always)]
+    fn new(fwd: &Fwd, ifindex: u32, tot_len: u16) -> Query {
+        // SAFETY: all-zero is a valid bpf_fib_lookup.
+        let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        p.family = AF_INET;
+        p.l4_protocol = fwd.proto;
+        p.__bindgen_anon_1.tot_len = tot_len;
+        p.ifindex = ifindex;
+        p.__bindgen_anon_3.ipv4_src = fwd.saddr;
+        p.__bindgen_anon_4.ipv4_dst = fwd.daddr;
+        Query(p)
+    }
+
+    /// A forwarding lookup (`ifindex` is where the packet comes from): an output lookup bound
+    /// to the egress interface would miss routes through other interfaces (a local pod's /32).
+    #[inline(always)]
+    fn run<F: Frame>(&mut self, f: &F) -> u32 {
+        // SAFETY: the context is the program's own; params is a valid, fully sized struct.
+        unsafe {
+            aya_ebpf::helpers::bpf_fib_lookup(
+                f.as_ptr(),
+                &mut self.0,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                0,
+            ) as u32
+        }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.0.ifindex
+    }
+
+    /// Writes the next hop's MACs (valid after a successful lookup).
+    #[inline(always)]
+    fn write_macs<F: Frame>(&self, f: &F) -> Result<(), ()> {
+        store(f, 0, self.0.dmac)?;
+        store(f, 6, self.0.smac)
+    }
+
+    /// The unresolved next hop, for `bpf_redirect_neigh` (the FIB put the gateway, if any,
+    /// into the destination).
+    #[inline(always)]
+    fn neigh(&self) -> bpf_redir_neigh {
+        // SAFETY: all-zero is a valid bpf_redir_neigh.
+        let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        nh.nh_family = AF_INET as u32;
+        // SAFETY: an IPv4 lookup filled the IPv4 member.
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { self.0.__bindgen_anon_4.ipv4_dst };
+        nh
+    }
+}
+
+/// Decrements the IPv4 TTL with the header checksum (RFC 1624); false if the TTL expires here
+/// (the stack then answers "time exceeded").
+#[inline(always)]
+fn decrement_ttl<F: Frame>(f: &F) -> Result<bool, ()> {
+    let word: [u8; 2] = load(f, IP_TTL_OFF).ok_or(())?;
+    if word[0] <= 1 {
+        return Ok(false);
+    }
+    let check: u16 = load(f, IP_CHECK_OFF).ok_or(())?;
+    let old = u16::from_be_bytes(word);
+    let new = old - 0x0100;
+    store(f, IP_TTL_OFF, new.to_be_bytes())?;
+    store(f, IP_CHECK_OFF, csum::update16(u16::from_be(check), old, new).to_be())?;
+    Ok(true)
+}
+
+/// What the FIB said, reduced to what every hook acts on.
+enum Hop {
+    /// Next hop resolved; MACs written (and TTL decremented when forwarded).
+    Resolved(u32),
+    /// Egress interface known, neighbour unresolved (TTL decremented when forwarded).
+    Unresolved(u32, bpf_redir_neigh),
+    /// This node is the destination.
+    Local,
+    /// The stack must handle it (counted).
+    Stack,
+}
+
+#[inline(always)]
+fn next_hop<F: Frame>(f: &F, st: &Stats, fwd: &Fwd, origin: Origin, tot_len: u16) -> Hop {
+    let mut q = Query::new(fwd, f.ifindex(), tot_len);
+    let rc = q.run(f);
+    let resolved = match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Hop::Local,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            st.inc(Counter::StackMtu);
+            return Hop::Stack;
+        }
+        _ => {
+            st.inc(Counter::StackNoRoute);
+            return Hop::Stack;
+        }
+    };
+    if origin == Origin::Forwarded {
+        match decrement_ttl(f) {
+            Ok(true) => {}
+            Ok(false) => {
+                st.inc(Counter::StackTtl);
+                return Hop::Stack;
+            }
+            Err(()) => return Hop::Stack,
+        }
+    }
+    if !resolved {
+        return Hop::Unresolved(q.ifindex(), q.neigh());
+    }
+    if q.write_macs(f).is_err() {
+        return Hop::Stack;
+    }
+    Hop::Resolved(q.ifindex())
+}
+
+#[inline(always)]
+fn is_pod_veth(ifindex: u32) -> bool {
+    // SAFETY: the value is read at once.
+    unsafe { LB_IFACES.get(&ifindex) }.is_some_and(|f| *f & iface_flags::POD_VETH != 0)
+}
+
+/// Which tc hook delivers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TcHook {
+    Ingress,
+    Egress,
+}
+
+/// Delivers a translated packet from a tc program.
+#[inline(always)]
+pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -> i32 {
+    match next_hop(ctx, st, &fwd, origin, 0) {
+        Hop::Resolved(ifindex) => {
+            if hook == TcHook::Ingress && is_pod_veth(ifindex) {
+                st.inc(Counter::FwdPeer);
+                // SAFETY: no preconditions (a tc ingress program; the target is a veth).
+                return unsafe { bpf_redirect_peer(ifindex, 0) as i32 };
+            }
+            st.inc(Counter::FwdRedirect);
+            if hook == TcHook::Egress && ifindex == ctx.ifindex() {
+                // Already on its way out of the right interface.
+                return TC_ACT_OK as i32;
+            }
+            ctx.set_mark(MARK_DELIVERED);
+            // SAFETY: no preconditions.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Hop::Unresolved(ifindex, mut nh) => {
+            st.inc(Counter::FwdNeigh);
+            ctx.set_mark(MARK_DELIVERED);
+            // SAFETY: nh is a valid bpf_redir_neigh for the call.
+            unsafe { bpf_redirect_neigh(ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
+        }
+        Hop::Local if hook == TcHook::Egress => {
+            // A host-network backend or client on this node: delivered through the loopback's
+            // ingress, whose (all-zero) MAC makes it PACKET_HOST there.
+            st.inc(Counter::StackLocal);
+            if store(ctx, 0, [0u8; 6]).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+            // SAFETY: no preconditions.
+            unsafe { bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS as u64) as i32 }
+        }
+        Hop::Local => {
+            st.inc(Counter::StackLocal);
+            TC_ACT_OK as i32
+        }
+        Hop::Stack => TC_ACT_OK as i32,
+    }
+}
+
+/// Delivers a translated packet from the uplink's XDP program: out of the same uplink with
+/// XDP_TX; to anywhere else through the uplink's tc ingress program (see [`hand_to_tc`]).
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: Fwd) -> u32 {
+    let mut q = Query::new(&fwd, ctx.ifindex(), fwd.tot_len);
+    match q.run(ctx) {
+        BPF_FIB_LKUP_RET_SUCCESS if q.ifindex() == ctx.ifindex() => {
+            if decrement_ttl(ctx) != Ok(true) {
+                st.inc(Counter::StackTtl);
+                return XDP_PASS;
+            }
+            if q.write_macs(ctx).is_err() {
+                return XDP_PASS;
+            }
+            st.inc(Counter::FwdXdpTx);
+            XDP_TX
+        }
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => hand_to_tc(ctx, xdp_meta::FORWARDED),
+        BPF_FIB_LKUP_RET_NOT_FWDED => {
+            st.inc(Counter::StackLocal);
+            XDP_PASS
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            st.inc(Counter::StackMtu);
+            XDP_PASS
+        }
+        _ => {
+            st.inc(Counter::StackNoRoute);
+            XDP_PASS
+        }
+    }
+}
+
+/// Passes the frame up with `kind` in its XDP metadata: the uplink's tc ingress program
+/// (`lb_uplink_deliver`) delivers it without processing it again. Without room for metadata
+/// the kernel routes the (translated) packet itself.
+#[inline(always)]
+pub fn hand_to_tc(ctx: &XdpContext, kind: u32) -> u32 {
+    // SAFETY: the context pointer is the program's own xdp_md.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
+        return XDP_PASS;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + 4 <= data {
+        // SAFETY: checked against the packet start just above.
+        unsafe { (meta as *mut u32).write_unaligned(kind) };
+    }
+    XDP_PASS
+}
+
+/// The metadata the uplink's XDP program left for the tc ingress program, if any.
+#[inline(always)]
+pub fn take_meta(ctx: &TcContext) -> Option<u32> {
+    // SAFETY: reading the program's own skb.
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    if meta + 4 > data {
+        return None;
+    }
+    // SAFETY: checked against the packet start just above.
+    Some(unsafe { (meta as *const u32).read_unaligned() })
+}
