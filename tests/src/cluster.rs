@@ -26,6 +26,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use lb_userspace::bench::pktgen::{XdpAttachment, PROG_NOOP};
+
 use crate::{
     agent::Agent,
     netns::{ip, ip_netns, run, sysctl_in},
@@ -72,6 +74,8 @@ impl Node {
 pub struct Cluster {
     pub tag: String,
     pub nodes: Vec<Node>,
+    /// The no-op XDP program on the LAN side of every uplink (see [`Cluster::create_with`]).
+    peer_xdp: Vec<XdpAttachment>,
     /// The external client's namespace (also holds the LAN bridge).
     pub client_netns: String,
     dir: PathBuf,
@@ -173,7 +177,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("lb-cluster-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut cluster = Cluster { tag: tag.into(), nodes: Vec::new(), client_netns: lan.clone(), dir };
+        let mut cluster = Cluster { tag: tag.into(), nodes: Vec::new(), peer_xdp: Vec::new(), client_netns: lan.clone(), dir };
         ip(&["netns", "add", &lan])?;
         ip_netns(&lan, &["link", "set", "lo", "up"])?;
         ip_netns(&lan, &["link", "add", "br0", "type", "bridge"])?;
@@ -198,10 +202,15 @@ impl Cluster {
             // Both ends transmit towards an XDP uplink (bridge → node; node → bridge → the
             // other node's uplink, the bridge forwarding the skb as it is).
             tx_checksum_off(&lan, &lan_if)?;
-            // Native XDP_TX on a veth hands the frame to the peer's NAPI ring, which exists only
-            // if the peer runs XDP itself or has GRO on; without it XDP_TX frames (the ICMP
-            // REJECTs built by XDP) are dropped (`xdp_tx_errors` on the uplink).
-            run("ip", &["netns", "exec", &lan, "ethtool", "-K", &lan_if, "gro", "on"])?;
+            // Native XDP_TX on a veth hands the frame to the peer's XDP receive ring: with no
+            // XDP program on the peer, the frames the uplink's program transmits never arrive
+            // (a NIC has no such condition). The LAN side therefore runs a no-op XDP program.
+            if !opts.no_native_xdp {
+                cluster.peer_xdp.push(
+                    XdpAttachment::attach(Some(&lan), &lan_if, PROG_NOOP)
+                        .with_context(|| format!("no-op XDP on {lan_if} (the uplink's peer)"))?,
+                );
+            }
             tx_checksum_off(&node_ns, UPLINK)?;
             let _ = sysctl_in(&node_ns, "net.ipv6.conf.all.disable_ipv6", "1");
             ip_netns(&node_ns, &["addr", "add", &format!("{}/{LAN_PREFIX}", spec.ip), "dev", UPLINK])?;
@@ -334,6 +343,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Agents and node namespaces first (Node drops its agent before its topology).
         self.nodes.clear();
+        self.peer_xdp.clear();
         let _ = ip(&["netns", "del", &self.client_netns]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -136,12 +136,7 @@ fn write_services(c: &Cluster) {
         // 9: bulk transfers (lb-echo --bulk 9000 on b1), eTP=Cluster: masqueraded, remote.
         (
             "bulk",
-            service(
-                "bulk",
-                "  type: NodePort\n  clusterIP: 10.96.0.19\n  externalTrafficPolicy: Cluster\n  ports:\n  - {name: bulk, port: 9000, targetPort: 9000, nodePort: 30099, protocol: TCP}\n",
-                "",
-                &[("b1", true)],
-            ),
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: ext, name: bulk}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.19\n  ports:\n  - {name: bulk, port: 9000, nodePort: 30099, protocol: TCP}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  namespace: ext\n  name: bulk-1\n  labels: {kubernetes.io/service-name: bulk}\naddressType: IPv4\nports:\n- {name: bulk, port: 9000, protocol: TCP}\nendpoints:\n- addresses: [10.244.2.11]\n  nodeName: node2\n".to_string(),
         ),
         // 6: LoadBalancer eTP=Local with a healthCheckNodePort (LB IP 192.168.50.200).
         ("lb-hc", lb_hc(true)),
