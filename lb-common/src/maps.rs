@@ -17,7 +17,7 @@
 //! | `LB_NODE_ADDRS` | hash | address → `u8` (this node's own addresses) | agent |
 //! | `LB_CONFIG` | array[1] | [`Config`] | agent |
 //! | `LB_STATS` | per-CPU array[1] | [`Counters`] (one block: one lookup per packet) | datapath |
-//! | `LB_IFACES` | hash | ifindex → [`iface_flags`] (how the datapath may deliver to an interface) | agent |
+//! | `LB_IFACES` | array | [`iface_slot`]`(ifindex)` → [`IfaceEntry`] (how the datapath may deliver to an interface) | agent |
 
 use bytemuck::{Pod, Zeroable};
 
@@ -199,6 +199,12 @@ pub struct CtEntry {
     pub nat_addr: u32,
     pub nat_port: u16,
     pub _pad2: [u8; 2],
+    /// The backend's address and port (forward entries): established packets are translated
+    /// from the entry alone; the backend's entry in `LB_BACKENDS` is re-checked once a second,
+    /// with the `last_seen` refresh.
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad3: [u8; 2],
 }
 
 /// [`Config::flags`] bits.
@@ -409,6 +415,26 @@ pub mod xdp_meta {
     pub const ORIGINATED: u32 = 0x4c42_f0d2;
 }
 
+/// Slots of `LB_IFACES`: an array (its lookups are inlined) indexed by [`iface_slot`].
+pub const IFACE_SLOTS: u32 = 65_536;
+
+/// The `LB_IFACES` slot of an interface. Two interfaces sharing a slot (ifindexes 65 536
+/// apart) cannot both be described: the entry names its ifindex, and an interface without its
+/// own entry is delivered to with a plain redirect (correct, one backlog trip slower).
+#[inline(always)]
+pub const fn iface_slot(ifindex: u32) -> u32 {
+    ifindex % IFACE_SLOTS
+}
+
+/// `LB_IFACES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IfaceEntry {
+    pub ifindex: u32,
+    /// [`iface_flags`] bits.
+    pub flags: u32,
+}
+
 /// `LB_IFACES` flags: what the agent knows about an interface the FIB may send a packet to.
 pub mod iface_flags {
     /// The host side of a pod's veth: tc ingress programs deliver to the pod with
@@ -452,6 +478,7 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for IfaceEntry {}
 }
 
 #[cfg(test)]
@@ -471,7 +498,8 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(offset_of!(CtKey, proto), 12);
         assert_eq!(offset_of!(CtKey, dir), 13);
-        assert_eq!(size_of::<CtEntry>(), 32);
+        assert_eq!(size_of::<CtEntry>(), 40);
+        assert_eq!(offset_of!(CtEntry, backend_addr), 32);
         assert_eq!(offset_of!(CtEntry, backend_id), 8);
         assert_eq!(offset_of!(CtEntry, frontend_addr), 16);
         assert_eq!(offset_of!(CtEntry, nat_addr), 24);

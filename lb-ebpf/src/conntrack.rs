@@ -56,6 +56,13 @@ pub fn lookup(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
     Some(e)
 }
 
+/// Whether `entry`'s `last_seen` is due for its refresh (the once-a-second moment at which
+/// the forward path also re-checks the flow's backend).
+#[inline(always)]
+pub fn refresh_due(entry: &CtEntry, now: u64) -> bool {
+    now.saturating_sub(entry.last_seen_ns) > REFRESH_NS
+}
+
 /// Records activity on a live entry: marks TCP closing on FIN/RST, refreshes `last_seen`.
 #[inline(always)]
 pub fn touch(e: *mut CtEntry, now: u64, tcp_flags: u8) {
@@ -64,7 +71,7 @@ pub fn touch(e: *mut CtEntry, now: u64, tcp_flags: u8) {
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & ct_flags::TCP_CLOSING == 0 {
         entry.flags |= ct_flags::TCP_CLOSING;
     }
-    if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
+    if refresh_due(entry, now) {
         entry.last_seen_ns = now;
     }
 }

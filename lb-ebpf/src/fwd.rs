@@ -30,7 +30,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{csum, iface_flags, xdp_meta, Counter, MARK_DELIVERED};
+use lb_common::{csum, iface_flags, iface_slot, xdp_meta, Counter, MARK_DELIVERED};
 
 use crate::{
     frame::{load, store, Frame},
@@ -188,8 +188,7 @@ fn next_hop<F: Frame>(f: &F, st: &Stats, fwd: &Fwd, origin: Origin, tot_len: u16
 
 #[inline(always)]
 fn is_pod_veth(ifindex: u32) -> bool {
-    // SAFETY: the value is read at once.
-    unsafe { LB_IFACES.get(&ifindex) }.is_some_and(|f| *f & iface_flags::POD_VETH != 0)
+    LB_IFACES.get(iface_slot(ifindex)).is_some_and(|e| e.ifindex == ifindex && e.flags & iface_flags::POD_VETH != 0)
 }
 
 /// Which tc hook delivers.

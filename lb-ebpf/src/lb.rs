@@ -37,6 +37,8 @@ pub enum Verdict {
     /// A service packet or a reply was translated: the caller delivers it (`fwd`).
     Translated(Fwd),
     Drop,
+    /// Dropped: a rewrite helper refused the packet (protocol; logged by the program).
+    RewriteFailed(u8),
     /// The frame was rewritten into an ICMP port unreachable for its sender.
     Reject,
 }
@@ -78,14 +80,16 @@ fn forward<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Service
     if let Some(e) = conntrack::lookup(&key, now) {
         // SAFETY: a map value pointer; the fields are copied out.
         let entry = unsafe { *e };
-        if entry.svc_id == svc.id {
-            if let Some(b) = service::backend(entry.backend_id) {
-                if usable_for_established(&b, svc.id, pkt.proto) {
-                    conntrack::touch(e, now, l4.tcp_flags);
-                    let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
-                    return translate(f, st, pkt, l4, &b, snat);
-                }
-            }
+        // The backend comes from the entry; whether it may still serve the flow is checked
+        // once a second, with the last_seen refresh (and so on the first packet after an idle
+        // second): an endpoint that left takes its flows along within a second.
+        if entry.svc_id == svc.id
+            && (!conntrack::refresh_due(&entry, now)
+                || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
+        {
+            conntrack::touch(e, now, l4.tcp_flags);
+            let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
+            return translate(f, st, pkt, l4, Dnat { backend_addr: entry.backend_addr, backend_port: entry.backend_port, snat });
         }
         st.inc(Counter::Reselected);
     }
@@ -130,6 +134,9 @@ fn new_flow<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Servic
         nat_addr: 0,
         nat_port: 0,
         _pad2: [0; 2],
+        backend_addr: b.addr,
+        backend_port: b.port,
+        _pad3: [0; 2],
     };
     conntrack::touch(&mut entry, now, l4.tcp_flags);
 
@@ -156,7 +163,7 @@ fn new_flow<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Servic
         st.inc(Counter::CtInsertFailed);
     }
     st.inc(Counter::NewFlows);
-    translate(f, st, pkt, l4, &b, snat)
+    translate(f, st, pkt, l4, Dnat { backend_addr: b.addr, backend_port: b.port, snat })
 }
 
 /// The backend for a new connection: the affine one if it is still in the chosen set, else
@@ -221,10 +228,19 @@ fn usable_for_established(b: &Backend, svc_id: u32, proto: u8) -> bool {
     b.svc_id == svc_id && (proto != PROTO_UDP || b.flags & backend_flags::SERVING != 0)
 }
 
+/// Where a service packet goes: the backend, and the masquerade source when `snat` is set.
+#[derive(Clone, Copy)]
+struct Dnat {
+    backend_addr: u32,
+    backend_port: u16,
+    snat: Option<(u32, u16)>,
+}
+
 /// DNAT to the backend, and masquerade when `snat` is set.
 #[inline(always)]
-fn translate<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, b: &Backend, snat: Option<(u32, u16)>) -> Verdict {
-    if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, b.addr, b.port).is_err() {
+fn translate<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, to: Dnat) -> Verdict {
+    let Dnat { backend_addr, backend_port, snat } = to;
+    if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, backend_addr, backend_port).is_err() {
         return rewrite_failed(f, st, pkt);
     }
     let mut saddr = pkt.saddr;
@@ -236,15 +252,21 @@ fn translate<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, b: &Backend
     }
     st.inc(Counter::ServicePackets);
     st.add(Counter::ServiceBytes, f.len() as u64);
-    Verdict::Translated(Fwd { saddr, daddr: b.addr, proto: pkt.proto, tot_len: pkt.tot_len })
+    Verdict::Translated(Fwd { saddr, daddr: backend_addr, proto: pkt.proto, tot_len: pkt.tot_len })
 }
 
 #[inline(always)]
-fn rewrite_failed<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet) -> Verdict {
+fn rewrite_failed<F: Frame>(_f: &F, st: &Stats, pkt: &Ipv4Packet) -> Verdict {
     st.inc(Counter::DropRewrite);
-    // Cold path only (a helper refused the packet): never logged per packet otherwise.
-    warn!(f, "lb: rewrite failed (proto {}), packet dropped", pkt.proto);
-    Verdict::Drop
+    Verdict::RewriteFailed(pkt.proto)
+}
+
+/// Logs a packet dropped because a rewrite helper refused it. Cold path only (never logged
+/// per packet otherwise); called by the programs once their verdict is final, so that no
+/// value is live across the log call.
+#[inline(never)]
+pub fn log_rewrite_failed<F: Frame>(f: &F, proto: u8) {
+    warn!(f, "lb: rewrite failed (proto {}), packet dropped", proto);
 }
 
 /// Backend → client: restore the frontend as the source (and a masqueraded client as the

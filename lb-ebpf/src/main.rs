@@ -57,6 +57,10 @@ pub fn lb_pod_ingress(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_OK as i32,
         Verdict::Translated(to) => fwd::tc(&ctx, &st, to, TcHook::Ingress, Origin::Forwarded),
         Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::RewriteFailed(proto) => {
+            lb::log_rewrite_failed(&ctx, proto);
+            TC_ACT_SHOT as i32
+        }
         Verdict::Reject => {
             if !lb::build_reject(&ctx, true) {
                 return TC_ACT_SHOT as i32;
@@ -83,6 +87,10 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_OK as i32,
         Verdict::Translated(to) => fwd::tc(&ctx, &st, to, TcHook::Egress, Origin::Local),
         Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::RewriteFailed(proto) => {
+            lb::log_rewrite_failed(&ctx, proto);
+            TC_ACT_SHOT as i32
+        }
         Verdict::Reject => {
             if !lb::build_reject(&ctx, true) {
                 return TC_ACT_SHOT as i32;
@@ -103,6 +111,10 @@ pub fn lb_uplink(ctx: XdpContext) -> u32 {
         Verdict::Pass => XDP_PASS,
         Verdict::Translated(to) => fwd::xdp(&ctx, &st, to),
         Verdict::Drop => XDP_DROP,
+        Verdict::RewriteFailed(proto) => {
+            lb::log_rewrite_failed(&ctx, proto);
+            XDP_DROP
+        }
         Verdict::Reject => {
             if lb::build_reject(&ctx, false) {
                 fwd::hand_to_tc(&ctx, xdp_meta::ORIGINATED)

@@ -5,7 +5,7 @@ use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use lb_common::{AffinityKey, AffinityValue, Backend, Config, Counters, CtEntry, CtKey, ServiceKey, ServiceValue};
+use lb_common::{AffinityKey, AffinityValue, Backend, Config, Counters, CtEntry, CtKey, IfaceEntry, ServiceKey, ServiceValue};
 
 /// Frontend → service port. No prealloc: an updated value is never seen half-written.
 #[btf_map]
@@ -50,7 +50,7 @@ pub static LB_CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub static LB_STATS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
-/// ifindex → `lb_common::iface_flags`: the interfaces the agent manages and how the datapath
-/// may deliver to them (the host side of a pod veth: bpf_redirect_peer).
+/// `lb_common::iface_slot(ifindex)` → the interface's entry: the interfaces the agent manages
+/// and how the datapath may deliver to them (the host side of a pod veth: bpf_redirect_peer).
 #[btf_map]
-pub static LB_IFACES: HashMap<u32, u32, 4096> = HashMap::new();
+pub static LB_IFACES: Array<IfaceEntry, { lb_common::IFACE_SLOTS as usize }> = Array::new();

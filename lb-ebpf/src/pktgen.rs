@@ -4,14 +4,18 @@
 //! run gets the header template copied back over it (recycled pages keep earlier rewrites),
 //! the flow fields of frame number `counter` (a per-CPU counter) and both checksums (see
 //! `lb_common::pktgen`), and is then transmitted (`XDP_TX` on the interface of the run) or
-//! dropped (the generator's own floor). `lb_pktgen_sink` counts and drops the IPv4 frames
-//! that arrive at a backend (everything else, ARP included, passes).
+//! dropped (the generator's own floor). `lb_pktgen_sink` (XDP) and `lb_pktgen_sink_tc`
+//! (tc ingress, for packets delivered with bpf_redirect_peer, which skip XDP) count and drop
+//! the IPv4 frames that arrive at a backend (everything else, ARP included, passes).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    bindings::{
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+        TC_ACT_OK, TC_ACT_SHOT,
+    },
     btf_maps::{Array, PerCpuArray},
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use lb_common::pktgen::{PktgenConfig, OFF_IP_CSUM, OFF_SADDR, OFF_SPORT, OFF_TCP_CSUM, OFF_UDP_CSUM, TEMPLATE_LEN};
 
@@ -67,18 +71,17 @@ pub fn lb_pktgen(ctx: XdpContext) -> u32 {
     cfg.action
 }
 
-#[xdp]
-pub fn lb_pktgen_sink(ctx: XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    // Only IPv4 is counted and dropped: ARP and the rest pass (the namespace must still answer
-    // ARP for the address the node forwards to).
+/// Counts an IPv4 frame of `len` bytes in the sink; false for anything else (ARP: the
+/// namespace must still answer for the address the node forwards to).
+#[inline(always)]
+fn sink_count(data: usize, end: usize) -> bool {
     if data + 14 > end {
-        return XDP_PASS;
+        return false;
     }
     // SAFETY: the Ethernet header is within the packet (checked above).
     let ethertype = unsafe { ((data + 12) as *const [u8; 2]).read_unaligned() };
     if ethertype != [0x08, 0x00] {
-        return XDP_PASS;
+        return false;
     }
     let len = (end - data) as u64;
     if let Some(p) = LB_PKTGEN_SINK.get_ptr_mut(0) {
@@ -89,5 +92,25 @@ pub fn lb_pktgen_sink(ctx: XdpContext) -> u32 {
         // SAFETY: per-CPU slot.
         unsafe { *p += len };
     }
-    XDP_DROP
+    true
+}
+
+#[xdp]
+pub fn lb_pktgen_sink(ctx: XdpContext) -> u32 {
+    if sink_count(ctx.data(), ctx.data_end()) {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+/// The same sink at tc ingress: packets delivered into the namespace with bpf_redirect_peer
+/// skip the veth's XDP hook and are counted here.
+#[classifier]
+pub fn lb_pktgen_sink_tc(ctx: TcContext) -> i32 {
+    if sink_count(ctx.data(), ctx.data_end()) {
+        TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_OK as i32
+    }
 }

@@ -197,6 +197,9 @@ impl Server {
                     }
                     let Ok(mut s) = conn else { continue };
                     let _ = s.set_nodelay(true);
+                    // A client that vanished without its FIN arriving must not keep this
+                    // thread (and the server's shutdown) waiting forever.
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                     let mut b = [0u8; 1];
                     while let Ok(1) = s.read(&mut b) {
                         if s.write_all(&b).is_err() {

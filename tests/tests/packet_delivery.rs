@@ -7,12 +7,12 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
-    maps::HashMap,
+    maps::Array,
     programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf,
 };
 use etherparse::{Ethernet2Header, Ipv4Header};
-use lb_common::{iface_flags, xdp_meta, Counter, MARK_DELIVERED};
+use lb_common::{iface_flags, iface_slot, xdp_meta, Counter, IfaceEntry, MARK_DELIVERED};
 use lb_tests::privileges::require_root;
 use lb_userspace::{
     dataplane::{
@@ -138,8 +138,8 @@ impl Harness {
     }
 
     fn set_iface(&mut self, ifindex: u32, flags: u32) {
-        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.ebpf.map_mut(names::IFACES).unwrap()).unwrap();
-        m.insert(ifindex, flags, 0).unwrap();
+        let mut m: Array<_, IfaceEntry> = Array::try_from(self.ebpf.map_mut(names::IFACES).unwrap()).unwrap();
+        m.set(iface_slot(ifindex), IfaceEntry { ifindex, flags }, 0).unwrap();
     }
 
     /// Runs a tc program with an `__sk_buff` context: (rc, frame, mark after the run).

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::{Array, PerCpuArray, PerCpuValues},
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     util::nr_cpus,
     Ebpf,
 };
@@ -38,6 +38,8 @@ use crate::{
 
 pub const PROG_GENERATOR: &str = "lb_pktgen";
 pub const PROG_SINK: &str = "lb_pktgen_sink";
+/// The sink at tc ingress (attached with the XDP sink, sharing its counters).
+pub const PROG_SINK_TC: &str = "lb_pktgen_sink_tc";
 pub const PROG_NOOP: &str = "lb_noop_xdp";
 const MAP_CONFIG: &str = "LB_PKTGEN_CONFIG";
 const MAP_COUNTER: &str = "LB_PKTGEN_COUNTER";
@@ -342,6 +344,16 @@ impl XdpAttachment {
             prog.load().with_context(|| format!("loading {program}"))?;
             in_netns(netns, || {
                 prog.attach(ifname, XdpMode::Driver).with_context(|| format!("attaching {program} to {ifname} (native)"))?;
+                Ok(())
+            })?;
+        }
+        if program == PROG_SINK {
+            // Packets delivered into the namespace with bpf_redirect_peer skip XDP: count them
+            // at tc ingress too (a packet XDP dropped never reaches tc).
+            let tc: &mut SchedClassifier = ebpf.program_mut(PROG_SINK_TC).context("program lb_pktgen_sink_tc")?.try_into()?;
+            tc.load().context("loading lb_pktgen_sink_tc")?;
+            in_netns(netns, || {
+                tc.attach(ifname, TcAttachType::Ingress).with_context(|| format!("attaching {PROG_SINK_TC} to {ifname}"))?;
                 Ok(())
             })?;
         }

@@ -30,6 +30,8 @@ use aya::{
 };
 use tracing::{info, warn};
 
+use lb_common::IfaceEntry;
+
 use super::names;
 
 /// Interface names or glob patterns (`veth*`, `eth?`), as given to `--interfaces`.
@@ -304,6 +306,23 @@ pub fn driver_name(interface: &str) -> Option<String> {
     }
 }
 
+/// `LB_IFACES` slots for interfaces (ifindex, flags): each interface in its
+/// `lb_common::iface_slot`; of two sharing a slot the lower ifindex keeps it (the other is
+/// delivered to with a plain redirect).
+pub fn iface_entries(ifaces: impl IntoIterator<Item = (u32, u32)>) -> BTreeMap<u32, IfaceEntry> {
+    let mut out = BTreeMap::new();
+    for (ifindex, flags) in ifaces {
+        out.entry(lb_common::iface_slot(ifindex))
+            .and_modify(|e: &mut IfaceEntry| {
+                if ifindex < e.ifindex {
+                    *e = IfaceEntry { ifindex, flags };
+                }
+            })
+            .or_insert(IfaceEntry { ifindex, flags });
+    }
+    out
+}
+
 /// The programs attached, as pinned links.
 pub struct Attacher {
     dir: PathBuf,
@@ -317,7 +336,7 @@ pub struct Attacher {
     pruned: bool,
     /// Attached pod-facing interfaces that are veths (ifindex), and what `LB_IFACES` holds.
     pod_veths: BTreeMap<u32, String>,
-    ifaces_written: Option<BTreeMap<u32, u32>>,
+    ifaces_written: Option<BTreeMap<u32, IfaceEntry>>,
 }
 
 impl Attacher {
@@ -419,27 +438,36 @@ impl Attacher {
         self.no_native_xdp.keys().map(String::as_str)
     }
 
-    /// What `LB_IFACES` should hold for the attached interfaces: ifindex →
-    /// `lb_common::iface_flags`.
-    pub fn iface_flags(&self) -> BTreeMap<u32, u32> {
-        self.pod_veths.keys().map(|idx| (*idx, lb_common::iface_flags::POD_VETH)).collect()
+    /// What `LB_IFACES` should hold for the attached interfaces: slot → entry (see
+    /// [`iface_entries`]).
+    pub fn iface_entries(&self) -> BTreeMap<u32, IfaceEntry> {
+        iface_entries(self.pod_veths.keys().map(|idx| (*idx, lb_common::iface_flags::POD_VETH)))
     }
 
-    /// Writes `LB_IFACES` when what it should hold changed (entries of other interfaces, e.g.
-    /// an earlier agent's vanished ones, are removed).
+    /// Writes the `LB_IFACES` slots whose entry changed (emptied slots are zeroed).
     fn sync_ifaces(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        let want = self.iface_flags();
-        if self.ifaces_written.as_ref() == Some(&want) {
-            return Ok(());
-        }
-        let mut map: aya::maps::HashMap<_, u32, u32> =
-            aya::maps::HashMap::try_from(ebpf.map_mut(names::IFACES).context("map LB_IFACES missing")?)?;
-        let present: Vec<u32> = map.keys().flatten().collect();
-        for k in present.into_iter().filter(|k| !want.contains_key(k)) {
-            let _ = map.remove(&k);
-        }
-        for (k, v) in &want {
-            map.insert(k, v, 0).context("writing LB_IFACES")?;
+        let want = self.iface_entries();
+        let before = self.ifaces_written.take();
+        let mut map: aya::maps::Array<_, IfaceEntry> =
+            aya::maps::Array::try_from(ebpf.map_mut(names::IFACES).context("map LB_IFACES missing")?)?;
+        match &before {
+            // Unknown (first sync, after an earlier agent): every slot it could have written.
+            None => {
+                for slot in 0..lb_common::IFACE_SLOTS {
+                    let entry = want.get(&slot).copied().unwrap_or_default();
+                    if map.get(&slot, 0).ok() != Some(entry) {
+                        map.set(slot, entry, 0).context("writing LB_IFACES")?;
+                    }
+                }
+            }
+            Some(old) => {
+                for slot in old.keys().chain(want.keys()).collect::<std::collections::BTreeSet<_>>() {
+                    let entry = want.get(slot).copied().unwrap_or_default();
+                    if old.get(slot) != Some(&entry) {
+                        map.set(*slot, entry, 0).context("writing LB_IFACES")?;
+                    }
+                }
+            }
         }
         self.ifaces_written = Some(want);
         Ok(())
@@ -543,6 +571,16 @@ mod tests {
         // The loopback has no ethtool driver info; a missing interface has none either.
         assert_eq!(super::driver_name("no-such-if0"), None);
         assert_eq!(super::driver_name("an-interface-name-far-too-long"), None);
+    }
+
+    #[test]
+    fn iface_slots_keep_the_lower_ifindex_on_a_clash() {
+        use lb_common::{iface_flags::POD_VETH, IfaceEntry, IFACE_SLOTS};
+        let e = super::iface_entries([(7, POD_VETH), (7 + IFACE_SLOTS, POD_VETH), (9, POD_VETH)]);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: POD_VETH });
+        let e = super::iface_entries([(7 + IFACE_SLOTS, 1), (7, 2)]);
+        assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: 2 });
     }
 
     #[test]
