@@ -200,8 +200,8 @@ pub struct CtEntry {
     pub nat_port: u16,
     pub _pad2: [u8; 2],
     /// The backend's address and port (forward entries): established packets are translated
-    /// from the entry alone; the backend's entry in `LB_BACKENDS` is re-checked once a second,
-    /// with the `last_seen` refresh.
+    /// from the entry; the backend's entry in `LB_BACKENDS` is re-checked on every UDP packet
+    /// and once a second (with the `last_seen` refresh) for TCP and SCTP.
     pub backend_addr: u32,
     pub backend_port: u16,
     pub _pad3: [u8; 2],

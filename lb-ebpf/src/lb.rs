@@ -80,11 +80,12 @@ fn forward<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Service
     if let Some(e) = conntrack::lookup(&key, now) {
         // SAFETY: a map value pointer; the fields are copied out.
         let entry = unsafe { *e };
-        // The backend comes from the entry; whether it may still serve the flow is checked
-        // once a second, with the last_seen refresh (and so on the first packet after an idle
-        // second): an endpoint that left takes its flows along within a second.
+        // The backend comes from the entry. Whether it may still serve the flow is checked on
+        // every UDP packet (a UDP flow leaves a backend that stopped serving at once, I1) and
+        // once a second for TCP and SCTP, with the last_seen refresh (kube-proxy never moves
+        // those; we re-select when the endpoint is gone, within a second).
         if entry.svc_id == svc.id
-            && (!conntrack::refresh_due(&entry, now)
+            && ((pkt.proto != PROTO_UDP && !conntrack::refresh_due(&entry, now))
                 || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
         {
             conntrack::touch(e, now, l4.tcp_flags);

@@ -22,6 +22,8 @@
 //!   last service and to the first: ns per packet;
 //! - TCP connect latency (p50, p99) to the last service from the client namespace;
 //! - connections per second (connect, 1-byte request, 1-byte response, close; client threads);
+//! - bulk TCP throughput (iperf3, 1 and 8 streams, client → backend): Gbit/s and busy CPU
+//!   seconds (all CPUs, /proc/stat) per GB received;
 //! - for `ours`, the agent's VmRSS and VmHWM once it is ready.
 //!
 //! Everything runs on the same machine: the generator thread is pinned to CPU 0, where the
@@ -72,6 +74,8 @@ pub struct Options {
     /// Seconds per connections/s round, client threads.
     pub rate_secs: f64,
     pub rate_threads: usize,
+    /// Seconds per bulk-throughput run (iperf3; 0 skips the figure).
+    pub bulk_secs: f64,
     /// Where lb-agent and lb-pktgen are.
     pub bin_dir: PathBuf,
 }
@@ -394,6 +398,54 @@ fn connection_rate(netns: &str, dst: SocketAddr, threads: usize, secs: f64) -> R
     Ok(n as f64 / elapsed)
 }
 
+/// Busy and total jiffies of all CPUs (/proc/stat).
+fn cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    anyhow::ensure!(v.len() >= 5, "unexpected /proc/stat line {line:?}");
+    let total: u64 = v.iter().sum();
+    let idle = v[3] + v[4];
+    Ok((total - idle, total))
+}
+
+/// One iperf3 run of `secs` with `streams` parallel streams from the client namespace to
+/// `dst` (an iperf3 server on the endpoint port in the backend namespace): Gbit/s received,
+/// and busy CPU seconds (all CPUs) per GB received.
+fn bulk_throughput(t: &NetTopo, dst: SocketAddr, streams: usize, secs: f64) -> Result<(f64, f64)> {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &t.back, "iperf3", "-s", "-1", "-p", &ENDPOINT_PORT.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting iperf3 (Debian package iperf3; cargo xtask setup installs it)")?;
+    // The server is ready once it listens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !in_netns(&t.back, || TcpStream::connect_timeout(&SocketAddr::from((BACKEND, ENDPOINT_PORT)), Duration::from_millis(100)).is_ok())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "iperf3 server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hz = 100.0; // USER_HZ
+    let (busy0, _) = cpu_jiffies()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.cli, "iperf3", "-J", "-c", &dst.ip().to_string(), "-p", &dst.port().to_string()])
+        .args(["-P", &streams.to_string(), "-t", &format!("{secs}"), "--connect-timeout", "3000"])
+        .output()
+        .context("running iperf3 -c")?;
+    let (busy1, _) = cpu_jiffies()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3 to {dst}: {e}");
+    }
+    let bits = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no sum_received")?;
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().context("iperf3: no bytes")?;
+    let cpu_s = (busy1 - busy0) as f64 / hz;
+    Ok((bits / 1e9, if bytes > 0.0 { cpu_s / (bytes / 1e9) } else { 0.0 }))
+}
+
 fn backend_of(name: &str) -> Option<Backend> {
     match name {
         "iptables-nft" => Some(Backend::IptablesNft),
@@ -490,6 +542,23 @@ pub fn measure_impl(o: &Options, which: &str, id: &str, start: &mut u64, log: &m
         rates.push(connection_rate(&t.cli, svc_addr, o.rate_threads, o.rate_secs)?);
     }
     out["conn_per_s"] = stat(&mut rates);
+    if o.bulk_secs > 0.0 {
+        // iperf3 takes the endpoint port over from the 1-byte server.
+        drop(_server);
+        let mut bulk = json!({});
+        for streams in [1usize, 8] {
+            log(&format!("{which}: bulk TCP, {streams} stream(s)"));
+            let mut gbps = Vec::new();
+            let mut cpu = Vec::new();
+            for _ in 0..o.repeats {
+                let (g, c) = bulk_throughput(&t, svc_addr, streams, o.bulk_secs)?;
+                gbps.push(g);
+                cpu.push(c);
+            }
+            bulk[streams.to_string()] = json!({"gbit_s": stat(&mut gbps), "cpu_s_per_gb": stat(&mut cpu)});
+        }
+        out["bulk"] = bulk;
+    }
     let log = agent.as_ref().map(|a: &crate::agent::Agent| a.log_path.clone());
     drop(agent);
     let _ = std::fs::remove_dir_all(&bpffs);

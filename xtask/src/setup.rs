@@ -84,6 +84,8 @@ pub fn setup() -> Result<()> {
         // The benchmark's kube-proxy-shaped baselines.
         ("iptables-legacy-restore", "iptables"),
         ("nft", "nftables"),
+        // The benchmark's bulk TCP throughput figure.
+        ("iperf3", "iperf3"),
     ]
     .into_iter()
     .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())

@@ -94,6 +94,7 @@ struct NetParams {
     repeats: u32,
     connects: u32,
     rate_secs: f64,
+    bulk_secs: f64,
 }
 
 /// The netns figures at `n` services (`lb-netbench` next to this binary).
@@ -104,7 +105,7 @@ fn netbench(n: u32, e: u32, impls: &[&str], p: &NetParams, bar: &ProgressBar) ->
         .args(["--services", &n.to_string(), "--endpoints", &e.to_string(), "--impls", &impls.join(",")])
         .args(["--pps-frames", &p.pps_frames.to_string(), "--new-flow-frames", &p.new_flow_frames.to_string()])
         .args(["--repeats", &p.repeats.to_string(), "--connects", &p.connects.to_string()])
-        .args(["--rate-secs", &p.rate_secs.to_string()])
+        .args(["--rate-secs", &p.rate_secs.to_string(), "--bulk-secs", &p.bulk_secs.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -302,6 +303,22 @@ fn markdown(points: &[Point], nets: &[(u32, Value)], maglev: &Value, meta: &str)
                 Some(format!("{:.0} ({:.0}–{:.0}){ratio}", s.median, s.min, s.max))
             },
         );
+        for streams in ["1", "8"] {
+            net_table(
+                &mut md,
+                nets,
+                &format!(
+                    "Bulk TCP throughput through the service (iperf3, {streams} stream(s), client → backend): Gbit/s median (min–max); busy CPU seconds (all CPUs) per GB received; (×) = ratio of Gbit/s medians to ours"
+                ),
+                |v, ours| {
+                    let g = jstat(&v["bulk"][streams]["gbit_s"])?;
+                    let c = jstat(&v["bulk"][streams]["cpu_s_per_gb"])?;
+                    let o = jstat(&ours["bulk"][streams]["gbit_s"]).map(|s| s.median).unwrap_or(0.0);
+                    let ratio = if o > 0.0 { format!(" ({:.2}×)", g.median / o) } else { String::new() };
+                    Some(format!("{:.2} ({:.2}–{:.2}){ratio}; {:.2} CPU s/GB", g.median, g.min, g.max, c.median))
+                },
+            );
+        }
         md.push_str("Agent memory: VmRSS / VmHWM (/proc/<pid>/status) of the real lb-agent once ready with N services, and the kernel-accounted map memory of the writer (above).\n\n| services | agent VmRSS (MiB) | agent VmHWM (MiB) | map memory (MiB) | agent start to ready (s), manifest file of N services |\n|---:|---:|---:|---:|---:|\n");
         for (n, net) in nets {
             let o = &net["impls"]["ours"];
@@ -408,9 +425,9 @@ fn main() -> Result<()> {
     let (sweep, repeat, rounds, new_flows, changes) =
         if args.quick { (vec![1, 100, 1000], 1000, 5, 200, 10) } else { (args.services.clone(), 100_000, 9, 2000, 50) };
     let net = if args.quick {
-        NetParams { pps_frames: 20_000, new_flow_frames: 1000, repeats: 1, connects: 100, rate_secs: 0.3 }
+        NetParams { pps_frames: 20_000, new_flow_frames: 1000, repeats: 1, connects: 100, rate_secs: 0.3, bulk_secs: 0.5 }
     } else {
-        NetParams { pps_frames: 1_000_000, new_flow_frames: 10_000, repeats: 3, connects: 2000, rate_secs: 2.0 }
+        NetParams { pps_frames: 1_000_000, new_flow_frames: 10_000, repeats: 3, connects: 2000, rate_secs: 2.0, bulk_secs: 2.0 }
     };
     let net = NetParams {
         pps_frames: args.pps_frames.unwrap_or(net.pps_frames),

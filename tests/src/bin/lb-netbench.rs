@@ -40,6 +40,9 @@ struct Args {
     /// Client threads for connections/s.
     #[arg(long, default_value_t = 4)]
     rate_threads: usize,
+    /// Seconds per bulk-throughput run (iperf3, 1 and 8 streams); 0 skips it.
+    #[arg(long, default_value_t = 2.0)]
+    bulk_secs: f64,
 }
 
 fn main() -> Result<()> {
@@ -64,6 +67,7 @@ fn main() -> Result<()> {
         connects: a.connects,
         rate_secs: a.rate_secs,
         rate_threads: a.rate_threads,
+        bulk_secs: a.bulk_secs,
         bin_dir,
     };
     let id = format!("{:x}", std::process::id() & 0xfffff);
