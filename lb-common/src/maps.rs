@@ -205,6 +205,12 @@ pub struct CtEntry {
     pub backend_addr: u32,
     pub backend_port: u16,
     pub _pad3: [u8; 2],
+    /// This direction's next hop as the FIB last gave it (0: none cached): the egress
+    /// interface and the MACs to write. Looked up again once a second, with the `last_seen`
+    /// refresh, so a route or neighbour change takes effect within a second.
+    pub hop_ifindex: u32,
+    pub hop_dmac: [u8; 6],
+    pub hop_smac: [u8; 6],
 }
 
 /// [`Config::flags`] bits.
@@ -498,7 +504,8 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(offset_of!(CtKey, proto), 12);
         assert_eq!(offset_of!(CtKey, dir), 13);
-        assert_eq!(size_of::<CtEntry>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 56);
+        assert_eq!(offset_of!(CtEntry, hop_ifindex), 40);
         assert_eq!(offset_of!(CtEntry, backend_addr), 32);
         assert_eq!(offset_of!(CtEntry, backend_id), 8);
         assert_eq!(offset_of!(CtEntry, frontend_addr), 16);

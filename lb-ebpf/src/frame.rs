@@ -17,6 +17,8 @@ use aya_ebpf::{
 use lb_common::csum;
 
 pub trait Frame: EbpfContext {
+    /// An XDP frame (else a tc skb).
+    const XDP: bool;
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     /// The whole packet's length (linear and paged).
@@ -75,6 +77,7 @@ pub fn load<F: Frame, T: Copy>(f: &F, off: usize) -> Option<T> {
 const BPF_CSUM_LEVEL_RESET: u64 = 3;
 
 impl Frame for TcContext {
+    const XDP: bool = false;
     #[inline(always)]
     fn data(&self) -> usize {
         TcContext::data(self)
@@ -125,6 +128,7 @@ impl Frame for TcContext {
 }
 
 impl Frame for XdpContext {
+    const XDP: bool = true;
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)

@@ -18,6 +18,11 @@
 //! Forwarded packets get their TTL decremented and header checksum updated here, as the stack
 //! would.
 //!
+//! A tracked flow caches its next hop in its conntrack entry ([`flow_hop`]): the FIB is asked
+//! again once a second (with the entry's refresh), and whenever the packet does not fit the
+//! cached interface's MTU (`bpf_check_mtu`), so route and neighbour changes take effect within
+//! a second and the stack still sees every packet that is too big.
+//!
 //! Only [`Query::new`] and [`decrement_ttl`] know the address family; the rest is written
 //! once for both.
 
@@ -27,10 +32,10 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
         xdp_action::{XDP_PASS, XDP_TX},
     },
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_xdp_adjust_meta},
+    helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{csum, iface_flags, iface_slot, xdp_meta, Counter, MARK_DELIVERED};
+use lb_common::{csum, iface_flags, iface_slot, xdp_meta, Counter, CtEntry, MARK_DELIVERED};
 
 use crate::{
     frame::{load, store, Frame},
@@ -52,6 +57,10 @@ pub struct Fwd {
     pub proto: u8,
     /// The IP packet's length (the XDP MTU check; tc lets the kernel check the skb).
     pub tot_len: u16,
+    /// The flow's next hop ([`flow_hop`]); [`Hop::UNKNOWN`] if not known (the delivery asks
+    /// the FIB). Never an `Option`: every byte is always initialised (LLVM may otherwise copy an
+    /// uninitialised payload, which the verifier refuses).
+    pub hop: Hop,
 }
 
 /// How the packet reached the program that delivers it.
@@ -61,6 +70,51 @@ pub enum Origin {
     Forwarded,
     /// Sent by this node (a host process, or a reply the datapath built): TTL left as it is.
     Local,
+}
+
+/// A next hop: egress interface and the MACs to write.
+#[derive(Clone, Copy)]
+pub struct Hop {
+    ifindex: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+}
+
+impl Hop {
+    pub const UNKNOWN: Hop = Hop { ifindex: 0, dmac: [0; 6], smac: [0; 6] };
+}
+
+impl Fwd {
+    /// Filled in by `lb::process` for a translated packet (every byte initialised up front).
+    pub const EMPTY: Fwd = Fwd { saddr: 0, daddr: 0, proto: 0, tot_len: 0, hop: Hop::UNKNOWN };
+}
+
+/// The next hop of a tracked flow, for a packet translated to `fwd`'s addresses: the one cached
+/// in its conntrack entry `e` (see `lb_common::CtEntry::hop_ifindex`) while fresh and while the
+/// packet fits that interface's MTU; otherwise the FIB's, stored in the entry when resolved.
+/// [`Hop::UNKNOWN`]: the FIB did not resolve it (the delivery asks again and acts on why).
+#[inline(always)]
+pub fn flow_hop<F: Frame>(f: &F, e: *mut CtEntry, refresh_due: bool, fwd: &Fwd) -> Hop {
+    // SAFETY: a conntrack map value pointer, valid for the program's run; concurrent writers
+    // store the same FIB answer.
+    let entry = unsafe { &mut *e };
+    if entry.hop_ifindex != 0 && !refresh_due {
+        let mut mtu = 0u32;
+        // SAFETY: the program's own context; `mtu` outlives the call. For an skb the check is
+        // GSO-aware (a GRO-merged skb fits if its segments do).
+        if unsafe { bpf_check_mtu(f.as_ptr(), entry.hop_ifindex, &mut mtu, 0, 0) } == 0 {
+            return Hop { ifindex: entry.hop_ifindex, dmac: entry.hop_dmac, smac: entry.hop_smac };
+        }
+        return Hop::UNKNOWN;
+    }
+    let mut q = Query::new(fwd, f.ifindex(), if F::XDP { fwd.tot_len } else { 0 });
+    if q.run(f) != BPF_FIB_LKUP_RET_SUCCESS {
+        return Hop::UNKNOWN;
+    }
+    entry.hop_ifindex = q.0.ifindex;
+    entry.hop_dmac = q.0.dmac;
+    entry.hop_smac = q.0.smac;
+    Hop { ifindex: q.0.ifindex, dmac: q.0.dmac, smac: q.0.smac }
 }
 
 /// The FIB query for a packet's addresses.
@@ -102,13 +156,6 @@ impl Query {
         self.0.ifindex
     }
 
-    /// Writes the next hop's MACs (valid after a successful lookup).
-    #[inline(always)]
-    fn write_macs<F: Frame>(&self, f: &F) -> Result<(), ()> {
-        store(f, 0, self.0.dmac)?;
-        store(f, 6, self.0.smac)
-    }
-
     /// The unresolved next hop, for `bpf_redirect_neigh` (the FIB put the gateway, if any,
     /// into the destination).
     #[inline(always)]
@@ -139,7 +186,7 @@ fn decrement_ttl<F: Frame>(f: &F) -> Result<bool, ()> {
 }
 
 /// What the FIB said, reduced to what every hook acts on.
-enum Hop {
+enum NextHop {
     /// Next hop resolved; MACs written (and TTL decremented when forwarded).
     Resolved(u32),
     /// Egress interface known, neighbour unresolved (TTL decremented when forwarded).
@@ -151,39 +198,41 @@ enum Hop {
 }
 
 #[inline(always)]
-fn next_hop<F: Frame>(f: &F, st: &Stats, fwd: &Fwd, origin: Origin, tot_len: u16) -> Hop {
-    let mut q = Query::new(fwd, f.ifindex(), tot_len);
-    let rc = q.run(f);
-    let resolved = match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => true,
-        BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        BPF_FIB_LKUP_RET_NOT_FWDED => return Hop::Local,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            st.inc(Counter::StackMtu);
-            return Hop::Stack;
-        }
+fn next_hop<F: Frame>(f: &F, st: &Stats, fwd: &Fwd, origin: Origin) -> NextHop {
+    // The flow's next hop, else the FIB's.
+    let hop = match fwd.hop {
+        h if h.ifindex != 0 => h,
         _ => {
-            st.inc(Counter::StackNoRoute);
-            return Hop::Stack;
+            let mut q = Query::new(fwd, f.ifindex(), if F::XDP { fwd.tot_len } else { 0 });
+            match q.run(f) {
+                BPF_FIB_LKUP_RET_SUCCESS => Hop { ifindex: q.0.ifindex, dmac: q.0.dmac, smac: q.0.smac },
+                BPF_FIB_LKUP_RET_NO_NEIGH => {
+                    if origin == Origin::Forwarded && decrement_ttl(f) != Ok(true) {
+                        st.inc(Counter::StackTtl);
+                        return NextHop::Stack;
+                    }
+                    return NextHop::Unresolved(q.ifindex(), q.neigh());
+                }
+                BPF_FIB_LKUP_RET_NOT_FWDED => return NextHop::Local,
+                BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+                    st.inc(Counter::StackMtu);
+                    return NextHop::Stack;
+                }
+                _ => {
+                    st.inc(Counter::StackNoRoute);
+                    return NextHop::Stack;
+                }
+            }
         }
     };
-    if origin == Origin::Forwarded {
-        match decrement_ttl(f) {
-            Ok(true) => {}
-            Ok(false) => {
-                st.inc(Counter::StackTtl);
-                return Hop::Stack;
-            }
-            Err(()) => return Hop::Stack,
-        }
+    if origin == Origin::Forwarded && decrement_ttl(f) != Ok(true) {
+        st.inc(Counter::StackTtl);
+        return NextHop::Stack;
     }
-    if !resolved {
-        return Hop::Unresolved(q.ifindex(), q.neigh());
+    if store(f, 0, hop.dmac).is_err() || store(f, 6, hop.smac).is_err() {
+        return NextHop::Stack;
     }
-    if q.write_macs(f).is_err() {
-        return Hop::Stack;
-    }
-    Hop::Resolved(q.ifindex())
+    NextHop::Resolved(hop.ifindex)
 }
 
 #[inline(always)]
@@ -201,8 +250,8 @@ pub enum TcHook {
 /// Delivers a translated packet from a tc program.
 #[inline(always)]
 pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -> i32 {
-    match next_hop(ctx, st, &fwd, origin, 0) {
-        Hop::Resolved(ifindex) => {
+    match next_hop(ctx, st, &fwd, origin) {
+        NextHop::Resolved(ifindex) => {
             if hook == TcHook::Ingress && is_pod_veth(ifindex) {
                 st.inc(Counter::FwdPeer);
                 // SAFETY: no preconditions (a tc ingress program; the target is a veth).
@@ -217,13 +266,13 @@ pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -
             // SAFETY: no preconditions.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
-        Hop::Unresolved(ifindex, mut nh) => {
+        NextHop::Unresolved(ifindex, mut nh) => {
             st.inc(Counter::FwdNeigh);
             ctx.set_mark(MARK_DELIVERED);
             // SAFETY: nh is a valid bpf_redir_neigh for the call.
             unsafe { bpf_redirect_neigh(ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
         }
-        Hop::Local if hook == TcHook::Egress => {
+        NextHop::Local if hook == TcHook::Egress => {
             // A host-network backend or client on this node: delivered through the loopback's
             // ingress, whose (all-zero) MAC makes it PACKET_HOST there.
             st.inc(Counter::StackLocal);
@@ -233,11 +282,11 @@ pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -
             // SAFETY: no preconditions.
             unsafe { bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS as u64) as i32 }
         }
-        Hop::Local => {
+        NextHop::Local => {
             st.inc(Counter::StackLocal);
             TC_ACT_OK as i32
         }
-        Hop::Stack => TC_ACT_OK as i32,
+        NextHop::Stack => TC_ACT_OK as i32,
     }
 }
 
@@ -245,33 +294,41 @@ pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -
 /// XDP_TX; to anywhere else through the uplink's tc ingress program (see [`hand_to_tc`]).
 #[inline(always)]
 pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: Fwd) -> u32 {
-    let mut q = Query::new(&fwd, ctx.ifindex(), fwd.tot_len);
-    match q.run(ctx) {
-        BPF_FIB_LKUP_RET_SUCCESS if q.ifindex() == ctx.ifindex() => {
-            if decrement_ttl(ctx) != Ok(true) {
-                st.inc(Counter::StackTtl);
-                return XDP_PASS;
-            }
-            if q.write_macs(ctx).is_err() {
-                return XDP_PASS;
-            }
-            st.inc(Counter::FwdXdpTx);
-            XDP_TX
-        }
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => hand_to_tc(ctx, xdp_meta::FORWARDED),
-        BPF_FIB_LKUP_RET_NOT_FWDED => {
-            st.inc(Counter::StackLocal);
-            XDP_PASS
-        }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            st.inc(Counter::StackMtu);
-            XDP_PASS
-        }
+    let ingress = ctx.ifindex();
+    let hop = match fwd.hop {
+        h if h.ifindex != 0 => h,
         _ => {
-            st.inc(Counter::StackNoRoute);
-            XDP_PASS
+            let mut q = Query::new(&fwd, ingress, fwd.tot_len);
+            match q.run(ctx) {
+                BPF_FIB_LKUP_RET_SUCCESS => Hop { ifindex: q.0.ifindex, dmac: q.0.dmac, smac: q.0.smac },
+                BPF_FIB_LKUP_RET_NO_NEIGH => return hand_to_tc(ctx, xdp_meta::FORWARDED),
+                BPF_FIB_LKUP_RET_NOT_FWDED => {
+                    st.inc(Counter::StackLocal);
+                    return XDP_PASS;
+                }
+                BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+                    st.inc(Counter::StackMtu);
+                    return XDP_PASS;
+                }
+                _ => {
+                    st.inc(Counter::StackNoRoute);
+                    return XDP_PASS;
+                }
+            }
         }
+    };
+    if hop.ifindex != ingress {
+        return hand_to_tc(ctx, xdp_meta::FORWARDED);
     }
+    if decrement_ttl(ctx) != Ok(true) {
+        st.inc(Counter::StackTtl);
+        return XDP_PASS;
+    }
+    if store(ctx, 0, hop.dmac).is_err() || store(ctx, 6, hop.smac).is_err() {
+        return XDP_PASS;
+    }
+    st.inc(Counter::FwdXdpTx);
+    XDP_TX
 }
 
 /// Passes the frame up with `kind` in its XDP metadata: the uplink's tc ingress program

@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     affinity, conntrack,
     frame::Frame,
-    fwd::Fwd,
+    fwd::{self, Fwd, Hop},
     nat::{self, Side},
     parse::{self, Ipv4Packet, Parsed, L4},
     reject, service,
@@ -34,11 +34,12 @@ use crate::{
 pub enum Verdict {
     /// Let the packet continue (translated or not).
     Pass,
-    /// A service packet or a reply was translated: the caller delivers it (`fwd`).
-    Translated(Fwd),
+    /// A service packet or a reply was translated to the addresses `process` wrote into its
+    /// `out`: the caller delivers it (`fwd`).
+    Translated,
     Drop,
-    /// Dropped: a rewrite helper refused the packet (protocol; logged by the program).
-    RewriteFailed(u8),
+    /// Dropped: a rewrite helper refused the packet (logged by the program).
+    RewriteFailed,
     /// The frame was rewritten into an ICMP port unreachable for its sender.
     Reject,
 }
@@ -47,13 +48,14 @@ pub enum Verdict {
 const SNAT_TRIES: u32 = 16;
 
 #[inline(always)]
-pub fn process<F: Frame>(f: &F, st: &Stats) -> Verdict {
+pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
     let pkt = match parse::parse(f) {
         Parsed::Ipv4(p) => p,
         Parsed::Other => return Verdict::Pass,
     };
     st.inc(Counter::Packets);
     st.add(Counter::Bytes, f.len() as u64);
+    out.proto = pkt.proto;
 
     let Some(l4) = pkt.l4 else {
         // Fragments and truncated headers cannot be translated consistently: never let them
@@ -66,14 +68,14 @@ pub fn process<F: Frame>(f: &F, st: &Stats) -> Verdict {
     };
 
     if let Some(svc) = service::lookup(pkt.daddr, l4.dport, pkt.proto) {
-        return forward(f, st, &pkt, &l4, &svc);
+        return forward(f, st, out, &pkt, &l4, &svc);
     }
-    reply(f, st, &pkt, &l4)
+    reply(f, st, out, &pkt, &l4)
 }
 
 /// Client → frontend.
 #[inline(always)]
-fn forward<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
+fn forward<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
     let now = conntrack::now();
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::FORWARD);
 
@@ -88,17 +90,36 @@ fn forward<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Service
             && ((pkt.proto != PROTO_UDP && !conntrack::refresh_due(&entry, now))
                 || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
         {
-            conntrack::touch(e, now, l4.tcp_flags);
             let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
-            return translate(f, st, pkt, l4, Dnat { backend_addr: entry.backend_addr, backend_port: entry.backend_port, snat });
+            let to = Dnat { backend_addr: entry.backend_addr, backend_port: entry.backend_port, snat };
+            let addrs = Fwd {
+                saddr: snat.map_or(pkt.saddr, |(a, _)| a),
+                daddr: entry.backend_addr,
+                proto: pkt.proto,
+                tot_len: pkt.tot_len,
+                hop: Hop::UNKNOWN,
+            };
+            let hop = fwd::flow_hop(f, e, conntrack::refresh_due(&entry, now), &addrs);
+            conntrack::touch(e, now, l4.tcp_flags);
+            return translate(f, st, out, pkt, l4, to, hop);
         }
         st.inc(Counter::Reselected);
     }
-    new_flow(f, st, pkt, l4, svc, &key, now)
+    new_flow(f, st, out, pkt, l4, svc, &key, now)
 }
 
 #[inline(always)]
-fn new_flow<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, key: &CtKey, now: u64) -> Verdict {
+#[allow(clippy::too_many_arguments)]
+fn new_flow<F: Frame>(
+    f: &F,
+    st: &Stats,
+    out: &mut Fwd,
+    pkt: &Ipv4Packet,
+    l4: &L4,
+    svc: &ServiceValue,
+    key: &CtKey,
+    now: u64,
+) -> Verdict {
     if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
         st.inc(Counter::RejectNoEndpoint);
         return Verdict::Reject;
@@ -138,6 +159,9 @@ fn new_flow<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Servic
         backend_addr: b.addr,
         backend_port: b.port,
         _pad3: [0; 2],
+        hop_ifindex: 0,
+        hop_dmac: [0; 6],
+        hop_smac: [0; 6],
     };
     conntrack::touch(&mut entry, now, l4.tcp_flags);
 
@@ -164,7 +188,9 @@ fn new_flow<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &Servic
         st.inc(Counter::CtInsertFailed);
     }
     st.inc(Counter::NewFlows);
-    translate(f, st, pkt, l4, Dnat { backend_addr: b.addr, backend_port: b.port, snat })
+    let to = Dnat { backend_addr: b.addr, backend_port: b.port, snat };
+    // The next hop is cached from the flow's second packet on.
+    translate(f, st, out, pkt, l4, to, Hop::UNKNOWN)
 }
 
 /// The backend for a new connection: the affine one if it is still in the chosen set, else
@@ -239,7 +265,7 @@ struct Dnat {
 
 /// DNAT to the backend, and masquerade when `snat` is set.
 #[inline(always)]
-fn translate<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, to: Dnat) -> Verdict {
+fn translate<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4, to: Dnat, hop: Hop) -> Verdict {
     let Dnat { backend_addr, backend_port, snat } = to;
     if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, backend_addr, backend_port).is_err() {
         return rewrite_failed(f, st, pkt);
@@ -253,13 +279,14 @@ fn translate<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4, to: Dnat) -
     }
     st.inc(Counter::ServicePackets);
     st.add(Counter::ServiceBytes, f.len() as u64);
-    Verdict::Translated(Fwd { saddr, daddr: backend_addr, proto: pkt.proto, tot_len: pkt.tot_len })
+    *out = Fwd { saddr, daddr: backend_addr, proto: pkt.proto, tot_len: pkt.tot_len, hop };
+    Verdict::Translated
 }
 
 #[inline(always)]
 fn rewrite_failed<F: Frame>(_f: &F, st: &Stats, pkt: &Ipv4Packet) -> Verdict {
     st.inc(Counter::DropRewrite);
-    Verdict::RewriteFailed(pkt.proto)
+    Verdict::RewriteFailed
 }
 
 /// Logs a packet dropped because a rewrite helper refused it. Cold path only (never logged
@@ -273,25 +300,27 @@ pub fn log_rewrite_failed<F: Frame>(f: &F, proto: u8) {
 /// Backend → client: restore the frontend as the source (and a masqueraded client as the
 /// destination).
 #[inline(always)]
-fn reply<F: Frame>(f: &F, st: &Stats, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
+fn reply<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::REPLY);
     let now = conntrack::now();
     let Some(e) = conntrack::lookup(&key, now) else { return Verdict::Pass };
     // SAFETY: a map value pointer; the fields are copied out.
     let entry = unsafe { *e };
+    let daddr = if entry.flags & ct_flags::SNAT != 0 { entry.nat_addr } else { pkt.daddr };
+    let addrs = Fwd { saddr: entry.frontend_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len, hop: Hop::UNKNOWN };
+    let hop = fwd::flow_hop(f, e, conntrack::refresh_due(&entry, now), &addrs);
     conntrack::touch(e, now, l4.tcp_flags);
     if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.frontend_addr, entry.frontend_port).is_err() {
         return rewrite_failed(f, st, pkt);
     }
-    let mut daddr = pkt.daddr;
-    if entry.flags & ct_flags::SNAT != 0 {
-        if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, entry.nat_addr, entry.nat_port).is_err() {
-            return rewrite_failed(f, st, pkt);
-        }
-        daddr = entry.nat_addr;
+    if entry.flags & ct_flags::SNAT != 0
+        && nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, entry.nat_addr, entry.nat_port).is_err()
+    {
+        return rewrite_failed(f, st, pkt);
     }
     st.inc(Counter::ReplyPackets);
-    Verdict::Translated(Fwd { saddr: entry.frontend_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len })
+    *out = Fwd { hop, ..addrs };
+    Verdict::Translated
 }
 
 /// When a REJECT reply cannot be built in an XDP frame (a frame shorter than the reply, on a
@@ -316,7 +345,7 @@ pub fn build_reject<F: Frame>(f: &F, swap_macs: bool) -> bool {
 #[inline(always)]
 pub fn addresses<F: Frame>(f: &F) -> Option<Fwd> {
     match parse::parse(f) {
-        Parsed::Ipv4(p) => Some(Fwd { saddr: p.saddr, daddr: p.daddr, proto: p.proto, tot_len: p.tot_len }),
+        Parsed::Ipv4(p) => Some(Fwd { saddr: p.saddr, daddr: p.daddr, proto: p.proto, tot_len: p.tot_len, hop: Hop::UNKNOWN }),
         Parsed::Other => None,
     }
 }

@@ -42,7 +42,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use frame::Frame;
-use fwd::{Origin, TcHook};
+use fwd::{Fwd, Origin, TcHook};
 use lb::Verdict;
 use lb_common::{xdp_meta, MARK_DELIVERED};
 use stats::Stats;
@@ -53,12 +53,13 @@ use stats::Stats;
 #[classifier]
 pub fn lb_pod_ingress(ctx: TcContext) -> i32 {
     let st = Stats::get();
-    match lb::process(&ctx, &st) {
+    let mut to = Fwd::EMPTY;
+    match lb::process(&ctx, &st, &mut to) {
         Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Translated(to) => fwd::tc(&ctx, &st, to, TcHook::Ingress, Origin::Forwarded),
+        Verdict::Translated => fwd::tc(&ctx, &st, to, TcHook::Ingress, Origin::Forwarded),
         Verdict::Drop => TC_ACT_SHOT as i32,
-        Verdict::RewriteFailed(proto) => {
-            lb::log_rewrite_failed(&ctx, proto);
+        Verdict::RewriteFailed => {
+            lb::log_rewrite_failed(&ctx, to.proto);
             TC_ACT_SHOT as i32
         }
         Verdict::Reject => {
@@ -83,12 +84,13 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     }
     let st = Stats::get();
-    match lb::process(&ctx, &st) {
+    let mut to = Fwd::EMPTY;
+    match lb::process(&ctx, &st, &mut to) {
         Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Translated(to) => fwd::tc(&ctx, &st, to, TcHook::Egress, Origin::Local),
+        Verdict::Translated => fwd::tc(&ctx, &st, to, TcHook::Egress, Origin::Local),
         Verdict::Drop => TC_ACT_SHOT as i32,
-        Verdict::RewriteFailed(proto) => {
-            lb::log_rewrite_failed(&ctx, proto);
+        Verdict::RewriteFailed => {
+            lb::log_rewrite_failed(&ctx, to.proto);
             TC_ACT_SHOT as i32
         }
         Verdict::Reject => {
@@ -107,12 +109,13 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn lb_uplink(ctx: XdpContext) -> u32 {
     let st = Stats::get();
-    match lb::process(&ctx, &st) {
+    let mut to = Fwd::EMPTY;
+    match lb::process(&ctx, &st, &mut to) {
         Verdict::Pass => XDP_PASS,
-        Verdict::Translated(to) => fwd::xdp(&ctx, &st, to),
+        Verdict::Translated => fwd::xdp(&ctx, &st, to),
         Verdict::Drop => XDP_DROP,
-        Verdict::RewriteFailed(proto) => {
-            lb::log_rewrite_failed(&ctx, proto);
+        Verdict::RewriteFailed => {
+            lb::log_rewrite_failed(&ctx, to.proto);
             XDP_DROP
         }
         Verdict::Reject => {

@@ -413,17 +413,22 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
 /// `dst` (an iperf3 server on the endpoint port in the backend namespace): Gbit/s received,
 /// and busy CPU seconds (all CPUs) per GB received.
 fn bulk_throughput(t: &NetTopo, dst: SocketAddr, streams: usize, secs: f64) -> Result<(f64, f64)> {
+    let port = ENDPOINT_PORT.to_string();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &t.back, "iperf3", "-s", "-1", "-p", &ENDPOINT_PORT.to_string()])
+        .args(["netns", "exec", &t.back, "iperf3", "-s", "-p", &port])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("starting iperf3 (Debian package iperf3; cargo xtask setup installs it)")?;
-    // The server is ready once it listens.
+    // Ready once it listens (a probe connection would count as a client).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !in_netns(&t.back, || TcpStream::connect_timeout(&SocketAddr::from((BACKEND, ENDPOINT_PORT)), Duration::from_millis(100)).is_ok())
-    {
-        anyhow::ensure!(Instant::now() < deadline, "iperf3 server did not start");
+    let filter = format!("sport = :{port}");
+    while crate::netns::run("ip", &["netns", "exec", &t.back, "ss", "-Hltn", &filter])?.trim().is_empty() {
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            bail!("iperf3 server did not start");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let hz = 100.0; // USER_HZ

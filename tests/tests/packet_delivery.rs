@@ -214,6 +214,22 @@ fn pod_ingress_redirects_translated_packets_to_the_next_hop() {
     assert_eq!(mark, 0);
     assert_eq!(h.counter(Counter::FwdPeer), 1);
 
+    // The flow caches its next hop in its conntrack entry: the FIB is asked again once a
+    // second. A route change (a blackhole for the backend) shows once the cache is refreshed.
+    let ack = tcp(CLIENT, 40000, VIP, 80);
+    let (rc, out, _) = h.tc(names::PROG_POD_INGRESS, &ack, 0);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    check_delivered(&out, BACKEND_MAC, pods_mac, 63);
+    ip("route add blackhole 10.244.1.11/32");
+    let (rc, out, _) = h.tc(names::PROG_POD_INGRESS, &ack, 0);
+    assert_eq!(rc, TC_ACT_REDIRECT, "within the second: the cached next hop");
+    check_delivered(&out, BACKEND_MAC, pods_mac, 63);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (rc, _, _) = h.tc(names::PROG_POD_INGRESS, &ack, 0);
+    assert_eq!(rc, TC_ACT_OK, "after the refresh: the FIB's answer (no route: the stack)");
+    assert_eq!(h.counter(Counter::StackNoRoute), 1);
+    ip("route del blackhole 10.244.1.11/32");
+
     // Our egress program lets a packet marked by an ingress program go untouched (and clears
     // the mark); an unmarked one to a service is processed.
     let frame = tcp(CLIENT, 40001, VIP, 80);
