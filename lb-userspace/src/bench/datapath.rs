@@ -23,7 +23,7 @@ use aya::{
     Ebpf,
 };
 
-use super::{service_port, synthetic, synthetic_vip, Stat};
+use super::{pktgen::in_netns, service_port, synthetic, synthetic_vip, Stat};
 use crate::{
     dataplane::{
         attach::{load_pod_program, load_xdp_program},
@@ -99,9 +99,18 @@ fn run_tc(prog: &mut SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> 
     Ok(r.duration.as_nanos() as f64)
 }
 
-fn run_xdp(prog: &mut Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
+/// One XDP test run of `frame` as if it arrived on interface `ingress` (0: the loopback).
+fn run_xdp(prog: &mut Xdp, frame: &[u8], repeat: u32, ingress: u32) -> Result<f64> {
     let mut out = vec![0u8; frame.len() + 64];
-    let r = prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..TestRunOptions::new() })?;
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let ctx: Vec<u8> = [0, frame.len() as u32, 0, ingress, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect();
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat,
+        ..TestRunOptions::new()
+    })?;
     Ok(r.duration.as_nanos() as f64)
 }
 
@@ -118,7 +127,65 @@ fn tc<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     Ok(p)
 }
 
+/// A network namespace laid out like a node for the datapath figures: forwarding on, an
+/// interface `dp0` with a router behind it (a permanent neighbour), and routes through it for
+/// every address the figures translate to (pods, endpoints, external clients), so that the
+/// programs deliver as they do on a node (next hop resolved, redirect / XDP_TX) rather than
+/// falling back to the stack. Removed on drop.
+struct NodeNs {
+    name: String,
+    uplink: u32,
+}
+
+impl NodeNs {
+    fn create() -> Result<NodeNs> {
+        let name = format!("lbbench-dp-{}", std::process::id());
+        let run = |args: &[&str]| -> Result<()> {
+            let st = std::process::Command::new("ip").args(args).status().context("running ip")?;
+            anyhow::ensure!(st.success(), "ip {}", args.join(" "));
+            Ok(())
+        };
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        run(&["netns", "add", &name])?;
+        // Removed on drop from here on, also on an error path.
+        let mut ns = NodeNs { name: name.clone(), uplink: 0 };
+        let n = name.as_str();
+        run(&["-n", n, "link", "set", "lo", "up"])?;
+        run(&["-n", n, "link", "add", "dp0", "type", "veth", "peer", "name", "dp1"])?;
+        run(&["-n", n, "link", "set", "dp0", "up"])?;
+        run(&["-n", n, "link", "set", "dp1", "up"])?;
+        run(&["-n", n, "addr", "add", "192.0.2.1/24", "dev", "dp0"])?;
+        run(&["-n", n, "addr", "add", &format!("{NODE}/32"), "dev", "lo"])?;
+        run(&["-n", n, "neigh", "replace", "192.0.2.2", "lladdr", "02:00:00:00:02:02", "dev", "dp0", "nud", "permanent"])?;
+        for prefix in ["10.0.0.0/8", "203.0.113.0/24"] {
+            run(&["-n", n, "route", "add", prefix, "via", "192.0.2.2", "dev", "dp0"])?;
+        }
+        run(&["netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        ns.uplink = in_netns(Some(n), || {
+            let c = std::ffi::CString::new("dp0")?;
+            // SAFETY: a valid NUL-terminated name.
+            Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+        })?;
+        Ok(ns)
+    }
+}
+
+impl Drop for NodeNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// [`measure_in`] inside a [`NodeNs`].
 pub fn measure(o: &Options) -> Result<Point> {
+    let ns = NodeNs::create()?;
+    let uplink = ns.uplink;
+    in_netns(Some(&ns.name), || measure_in(o, uplink))
+}
+
+/// The figures, in the calling thread's network namespace; XDP runs as if frames arrived on
+/// interface `uplink`.
+fn measure_in(o: &Options, uplink: u32) -> Result<Point> {
     let (n, e) = (o.services, o.endpoints);
     let cap = Capacity {
         max_frontends: 2 * n + 64,
@@ -183,7 +250,7 @@ pub fn measure(o: &Options) -> Result<Point> {
         if xdp.fd().is_err() {
             xdp.load()?;
         }
-        rounds(o.rounds, || run_xdp(xdp, &noop_frame, o.repeat))?
+        rounds(o.rounds, || run_xdp(xdp, &noop_frame, o.repeat, uplink))?
     };
     let noop = tc(&mut ebpf, "lb_noop_tc")?;
     let noop_tc_ns = rounds(o.rounds, || run_tc(noop, &noop_frame, o.repeat))?;
@@ -212,20 +279,20 @@ pub fn measure(o: &Options) -> Result<Point> {
     // The uplink's XDP program, from an external client.
     let noop_xdp_single_ns = {
         let xdp: &mut Xdp = ebpf.program_mut("lb_noop_xdp").context("lb_noop_xdp")?.try_into()?;
-        rounds(o.new_flows, || run_xdp(xdp, &noop_frame, 1))?
+        rounds(o.new_flows, || run_xdp(xdp, &noop_frame, 1, uplink))?
     };
-    let uplink = load_xdp_program(&mut ebpf)?;
-    let xdp_non_service_ns = rounds(o.rounds, || run_xdp(uplink, &noop_frame, o.repeat))?;
+    let prog = load_xdp_program(&mut ebpf)?;
+    let xdp_non_service_ns = rounds(o.rounds, || run_xdp(prog, &noop_frame, o.repeat, uplink))?;
     let established = packet::build(Protocol::Tcp, EXTERNAL, 40001, PING, 80, b"bench");
-    run_xdp(uplink, &established, 2)?;
-    let xdp_established_ns = rounds(o.rounds, || run_xdp(uplink, &established, o.repeat))?;
+    run_xdp(prog, &established, 2, uplink)?;
+    let xdp_established_ns = rounds(o.rounds, || run_xdp(prog, &established, o.repeat, uplink))?;
     let mut new_flows = |dst: Ipv4Addr, dport: u16, first: u32| -> Result<Stat> {
         let mut samples = Vec::with_capacity(o.new_flows as usize);
         for i in 0..o.new_flows {
             let flow = first + i;
             let client = Ipv4Addr::from(u32::from(EXTERNAL) + flow / 50_000);
             let frame = packet::build(Protocol::Tcp, client, 1024 + (flow % 50_000) as u16, dst, dport, b"bench");
-            samples.push(run_xdp(uplink, &frame, 1)?);
+            samples.push(run_xdp(prog, &frame, 1, uplink)?);
         }
         Ok(Stat::of(&mut samples))
     };
