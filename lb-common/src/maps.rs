@@ -178,33 +178,31 @@ pub mod ct_flags {
 
 /// Conntrack state of one direction of a flow.
 ///
-/// Forward entry (key: client → frontend): `backend_id`, and with [`ct_flags::SNAT`] the
-/// masquerade source in `nat_addr:nat_port`. Reply entry (key: backend → client, or backend →
-/// masquerade address): `frontend_addr:frontend_port` become the source, and with SNAT
-/// `nat_addr:nat_port` (the client) the destination. The reply entry's key is the flow's
-/// post-NAT tuple: inserting it with `BPF_NOEXIST` is what reserves a masquerade port.
+/// Forward entry (key: client → frontend): `backend_id`, the backend's address and port in
+/// `peer_addr:peer_port` (established packets are translated from the entry; the backend's
+/// `LB_BACKENDS` entry is re-checked on every UDP packet and once a second, with the
+/// `last_seen` refresh, for TCP and SCTP), and with [`ct_flags::SNAT`] the masquerade source in
+/// `nat_addr:nat_port`. Reply entry (key: backend → client, or backend → masquerade address):
+/// the frontend in `peer_addr:peer_port` becomes the source, and with SNAT `nat_addr:nat_port`
+/// (the client) the destination. The reply entry's key is the flow's post-NAT tuple: inserting
+/// it with `BPF_NOEXIST` is what reserves a masquerade port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once per second).
+    /// `bpf_ktime_get_coarse_ns()` of the last packet (refreshed at most once per second).
     pub last_seen_ns: u64,
     pub backend_id: u32,
     pub svc_id: u32,
-    /// The frontend the client addressed (restored as the source of replies).
-    pub frontend_addr: u32,
-    pub frontend_port: u16,
+    /// Forward entry: the backend (DNAT destination). Reply entry: the frontend the client
+    /// addressed (restored as the source).
+    pub peer_addr: u32,
+    pub peer_port: u16,
     pub flags: u8,
     pub _pad: u8,
     /// Masquerade source (forward) or client to restore (reply); 0 unless SNAT.
     pub nat_addr: u32,
     pub nat_port: u16,
     pub _pad2: [u8; 2],
-    /// The backend's address and port (forward entries): established packets are translated
-    /// from the entry; the backend's entry in `LB_BACKENDS` is re-checked on every UDP packet
-    /// and once a second (with the `last_seen` refresh) for TCP and SCTP.
-    pub backend_addr: u32,
-    pub backend_port: u16,
-    pub _pad3: [u8; 2],
     /// This direction's next hop as the FIB last gave it (0: none cached): the egress
     /// interface and the MACs to write. Looked up again once a second, with the `last_seen`
     /// refresh, so a route or neighbour change takes effect within a second.
@@ -504,11 +502,10 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(offset_of!(CtKey, proto), 12);
         assert_eq!(offset_of!(CtKey, dir), 13);
-        assert_eq!(size_of::<CtEntry>(), 56);
-        assert_eq!(offset_of!(CtEntry, hop_ifindex), 40);
-        assert_eq!(offset_of!(CtEntry, backend_addr), 32);
+        assert_eq!(size_of::<CtEntry>(), 48);
+        assert_eq!(offset_of!(CtEntry, hop_ifindex), 32);
         assert_eq!(offset_of!(CtEntry, backend_id), 8);
-        assert_eq!(offset_of!(CtEntry, frontend_addr), 16);
+        assert_eq!(offset_of!(CtEntry, peer_addr), 16);
         assert_eq!(offset_of!(CtEntry, nat_addr), 24);
         assert_eq!(align_of::<CtEntry>(), 8);
         assert_eq!(size_of::<Config>(), 24);

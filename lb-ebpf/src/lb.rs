@@ -91,10 +91,10 @@ fn forward<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4
                 || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
         {
             let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
-            let to = Dnat { backend_addr: entry.backend_addr, backend_port: entry.backend_port, snat };
+            let to = Dnat { backend_addr: entry.peer_addr, backend_port: entry.peer_port, snat };
             let addrs = Fwd {
                 saddr: snat.map_or(pkt.saddr, |(a, _)| a),
-                daddr: entry.backend_addr,
+                daddr: entry.peer_addr,
                 proto: pkt.proto,
                 tot_len: pkt.tot_len,
                 hop: Hop::UNKNOWN,
@@ -149,16 +149,13 @@ fn new_flow<F: Frame>(
         last_seen_ns: now,
         backend_id,
         svc_id: svc.id,
-        frontend_addr: pkt.daddr,
-        frontend_port: l4.dport,
+        peer_addr: b.addr,
+        peer_port: b.port,
         flags: 0,
         _pad: 0,
         nat_addr: 0,
         nat_port: 0,
         _pad2: [0; 2],
-        backend_addr: b.addr,
-        backend_port: b.port,
-        _pad3: [0; 2],
         hop_ifindex: 0,
         hop_dmac: [0; 6],
         hop_smac: [0; 6],
@@ -179,7 +176,7 @@ fn new_flow<F: Frame>(
     } else {
         let reply_key = CtKey::new(b.addr, pkt.saddr, b.port, l4.sport, pkt.proto, ct_dir::REPLY);
         // Reply entry first: once the forward entry exists, replies must find theirs.
-        if !conntrack::insert(&reply_key, &entry) {
+        if !conntrack::insert(&reply_key, &reply_entry(&entry, pkt, l4)) {
             st.inc(Counter::CtInsertFailed);
         }
         None
@@ -232,7 +229,7 @@ fn reserve_snat_port(
     max: u16,
     now: u64,
 ) -> Option<u16> {
-    let mut reply = *entry;
+    let mut reply = reply_entry(entry, pkt, l4);
     reply.flags |= ct_flags::SNAT;
     reply.nat_addr = pkt.saddr;
     reply.nat_port = l4.sport;
@@ -245,6 +242,13 @@ fn reserve_snat_port(
         }
     }
     None
+}
+
+/// The reply entry of a new flow whose forward entry is `forward`: the frontend the client
+/// addressed, to restore as the source of replies.
+#[inline(always)]
+fn reply_entry(forward: &CtEntry, pkt: &Ipv4Packet, l4: &L4) -> CtEntry {
+    CtEntry { peer_addr: pkt.daddr, peer_port: l4.dport, ..*forward }
 }
 
 /// A backend keeps its established flows while it is in the service port's endpoint list,
@@ -307,10 +311,10 @@ fn reply<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4) 
     // SAFETY: a map value pointer; the fields are copied out.
     let entry = unsafe { *e };
     let daddr = if entry.flags & ct_flags::SNAT != 0 { entry.nat_addr } else { pkt.daddr };
-    let addrs = Fwd { saddr: entry.frontend_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len, hop: Hop::UNKNOWN };
+    let addrs = Fwd { saddr: entry.peer_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len, hop: Hop::UNKNOWN };
     let hop = fwd::flow_hop(f, e, conntrack::refresh_due(&entry, now), &addrs);
     conntrack::touch(e, now, l4.tcp_flags);
-    if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.frontend_addr, entry.frontend_port).is_err() {
+    if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.peer_addr, entry.peer_port).is_err() {
         return rewrite_failed(f, st, pkt);
     }
     if entry.flags & ct_flags::SNAT != 0

@@ -30,19 +30,24 @@ fn fill(buf: &mut [u8], offset: u64) {
     }
 }
 
-/// Writes `n` bytes of the stream, returning their digest.
-fn send_stream(s: &mut TcpStream, n: u64) -> Result<Vec<u8>> {
+/// The stream's first `n` bytes, chunk by chunk, to `f`; their digest.
+fn stream(n: u64, mut f: impl FnMut(&[u8], u64) -> Result<()>) -> Result<Vec<u8>> {
     let mut sha = Sha::new(&SHA256);
     let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0u64;
-    while sent < n {
-        let len = CHUNK.min((n - sent) as usize);
-        fill(&mut buf[..len], sent);
+    let mut off = 0u64;
+    while off < n {
+        let len = CHUNK.min((n - off) as usize);
+        fill(&mut buf[..len], off);
         sha.update(&buf[..len]);
-        s.write_all(&buf[..len]).with_context(|| format!("sending at byte {sent} of {n}"))?;
-        sent += len as u64;
+        f(&buf[..len], off)?;
+        off += len as u64;
     }
     Ok(sha.finish().as_ref().to_vec())
+}
+
+/// Writes `n` bytes of the stream, returning their digest.
+fn send_stream(s: &mut TcpStream, n: u64) -> Result<Vec<u8>> {
+    stream(n, |chunk, off| s.write_all(chunk).with_context(|| format!("sending at byte {off} of {n}")))
 }
 
 /// Reads exactly `n` bytes, returning their digest.
@@ -83,19 +88,8 @@ pub fn transfer(netns: &str, dst: SocketAddrV4, n: u64, timeout: Duration) -> Re
         let mut digest = vec![0u8; sent.len()];
         s.read_exact(&mut digest).context("reading the server's digest")?;
         ensure!(digest == sent, "the server received other bytes than were sent ({n} bytes to {dst})");
-        let expected = {
-            // The digest of the stream the server sends back: the same stream.
-            let mut sha = Sha::new(&SHA256);
-            let mut buf = vec![0u8; CHUNK];
-            let mut off = 0u64;
-            while off < n {
-                let len = CHUNK.min((n - off) as usize);
-                fill(&mut buf[..len], off);
-                sha.update(&buf[..len]);
-                off += len as u64;
-            }
-            sha.finish().as_ref().to_vec()
-        };
+        // The server sends the same stream back.
+        let expected = stream(n, |_, _| Ok(()))?;
         let back = receive(&mut s, n).context("server → client")?;
         ensure!(back == expected, "the client received other bytes than the server sent ({n} bytes from {dst})");
         Ok(started.elapsed())

@@ -433,9 +433,11 @@ fn bulk_throughput(t: &NetTopo, dst: SocketAddr, streams: usize, secs: f64) -> R
     }
     let hz = 100.0; // USER_HZ
     let (busy0, _) = cpu_jiffies()?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &t.cli, "iperf3", "-J", "-c", &dst.ip().to_string(), "-p", &dst.port().to_string()])
-        .args(["-P", &streams.to_string(), "-t", &format!("{secs}"), "--connect-timeout", "3000"])
+    // iperf3 takes whole seconds (0 would mean "forever"); `timeout` bounds a stuck run.
+    let secs = secs.ceil().max(1.0) as u64;
+    let out = Command::new("timeout")
+        .args([&(secs + 20).to_string(), "ip", "netns", "exec", &t.cli, "iperf3", "-J", "-c", &dst.ip().to_string()])
+        .args(["-p", &dst.port().to_string(), "-P", &streams.to_string(), "-t", &secs.to_string(), "--connect-timeout", "3000"])
         .output()
         .context("running iperf3 -c")?;
     let (busy1, _) = cpu_jiffies()?;

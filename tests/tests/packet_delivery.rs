@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, process::Command};
 
 use aya::{
     maps::Array,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::SchedClassifier,
     Ebpf,
 };
 use etherparse::{Ethernet2Header, Ipv4Header};
@@ -27,7 +27,7 @@ use lb_userspace::{
 };
 
 mod common;
-use common::{counter, isolate_netns, run_xdp_meta};
+use common::{counter, isolate_netns, run_xdp_meta, test_run_ctx};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -148,20 +148,9 @@ impl Harness {
         // cb, tstamp, wire_len, gso_* in the context it is given.
         let mut ctx_in = [0u8; 192];
         ctx_in[8..12].copy_from_slice(&mark.to_ne_bytes());
-        let mut ctx_out = [0u8; 192];
-        let mut out = vec![0u8; frame.len() + 64];
         let p: &mut SchedClassifier = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx_in),
-                ctx_out: Some(&mut ctx_out),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out, u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap()))
+        let (rc, out, ctx_out) = test_run_ctx(p, frame, &ctx_in);
+        (rc, out, u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap()))
     }
 
     /// Runs the uplink's XDP program as if `frame` arrived on `ingress`: (rc, metadata, frame).

@@ -425,7 +425,7 @@ fn main() -> Result<()> {
     let (sweep, repeat, rounds, new_flows, changes) =
         if args.quick { (vec![1, 100, 1000], 1000, 5, 200, 10) } else { (args.services.clone(), 100_000, 9, 2000, 50) };
     let net = if args.quick {
-        NetParams { pps_frames: 20_000, new_flow_frames: 1000, repeats: 1, connects: 100, rate_secs: 0.3, bulk_secs: 0.5 }
+        NetParams { pps_frames: 20_000, new_flow_frames: 1000, repeats: 1, connects: 100, rate_secs: 0.3, bulk_secs: 1.0 }
     } else {
         NetParams { pps_frames: 1_000_000, new_flow_frames: 10_000, repeats: 3, connects: 2000, rate_secs: 2.0, bulk_secs: 2.0 }
     };

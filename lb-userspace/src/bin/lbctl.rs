@@ -381,7 +381,8 @@ fn conntrack(pins: &PinDir) -> Result<Vec<CtRow>> {
             destination: endpoint(k.daddr, k.dport),
             service_port_id: e.svc_id,
             backend_id: e.backend_id,
-            frontend: endpoint(e.frontend_addr, e.frontend_port),
+            // The forward entry's key holds the frontend; the reply entry holds it.
+            frontend: if k.dir == ct_dir::REPLY { endpoint(e.peer_addr, e.peer_port) } else { endpoint(k.daddr, k.dport) },
             masquerade: if e.flags & ct_flags::SNAT != 0 { endpoint(e.nat_addr, e.nat_port) } else { String::new() },
             idle_seconds: now.saturating_sub(e.last_seen_ns) as f64 / 1e9,
             flags: [(ct_flags::TCP_CLOSING, "closing"), (ct_flags::SNAT, "masquerade")]

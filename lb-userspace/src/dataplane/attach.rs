@@ -183,12 +183,14 @@ pub fn load_xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(prog)
 }
 
-/// Lets an interface accept packets whose source is one of the node's own addresses: the
-/// datapath rewrites sources to the node's address before the kernel routes the packet
-/// (masquerade at XDP or tc ingress, and replies restored to a NodePort / local LB address),
-/// where netfilter would rewrite them after routing. Without `accept_local` the kernel drops
-/// them as "martian source"; strict reverse-path filtering (`rp_filter=1`) would too, so it is
-/// made loose (2) on the interface, and on `all` if that is strict (the effective value is the
+/// Lets an interface accept packets whose source is one of the node's own addresses. The
+/// datapath delivers what it translates itself, but on its counted fallback paths (a
+/// masqueraded flow to a host-network endpoint on this node, a packet over the egress MTU, no
+/// route) the kernel receives packets whose source it rewrote to the node's address
+/// (masquerade, replies restored to a NodePort / local LB address) before routing, where
+/// netfilter would rewrite after routing. Without `accept_local` the kernel drops them as
+/// "martian source"; strict reverse-path filtering (`rp_filter=1`) would too, so it is made
+/// loose (2) on the interface, and on `all` if that is strict (the effective value is the
 /// larger of the two). `proc_sys` is the node's `/proc/sys` (the DaemonSet mounts the host's,
 /// writable). Returns what it changed host-wide or could not do, for the log.
 pub fn allow_local_sources(proc_sys: &Path, interface: &str) -> Vec<String> {

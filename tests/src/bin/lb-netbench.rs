@@ -40,7 +40,7 @@ struct Args {
     /// Client threads for connections/s.
     #[arg(long, default_value_t = 4)]
     rate_threads: usize,
-    /// Seconds per bulk-throughput run (iperf3, 1 and 8 streams); 0 skips it.
+    /// Seconds per bulk-throughput run (iperf3, 1 and 8 streams; whole seconds); 0 skips it.
     #[arg(long, default_value_t = 2.0)]
     bulk_secs: f64,
 }

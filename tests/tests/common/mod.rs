@@ -36,23 +36,34 @@ pub fn run_xdp_meta(ebpf: &mut Ebpf, name: &str, frame: &[u8], ingress: u32) -> 
     ctx[1] = frame.len() as u32;
     ctx[3] = ingress;
     let ctx_in: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let mut ctx_out = [0u8; 24];
+    let (rc, mut out, ctx_out) = test_run_ctx(prog, frame, &ctx_in);
+    // The output starts at the metadata; xdp_md.data is its length.
+    let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().unwrap()) as usize;
+    let meta = (meta_len == 4).then(|| u32::from_ne_bytes(out[..4].try_into().unwrap()));
+    out.drain(..meta_len);
+    (rc, meta, out)
+}
+
+/// One test run of `frame` with the context `ctx_in` (`struct __sk_buff` for tc, `struct
+/// xdp_md` for XDP): (return code, output frame, the context as the program left it).
+pub fn test_run_ctx<P>(prog: &mut P, frame: &[u8], ctx_in: &[u8]) -> (u32, Vec<u8>, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    isolate_netns();
+    let mut ctx_out = vec![0u8; ctx_in.len()];
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
-            ctx_in: Some(&ctx_in),
+            ctx_in: Some(ctx_in),
             ctx_out: Some(&mut ctx_out),
             ..TestRunOptions::new()
         })
-        .expect("BPF_PROG_TEST_RUN (XDP)");
+        .expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
-    // The output starts at the metadata; xdp_md.data is its length.
-    let meta_len = u32::from_ne_bytes(ctx_out[0..4].try_into().unwrap()) as usize;
-    let meta = (meta_len == 4).then(|| u32::from_ne_bytes(out[..4].try_into().unwrap()));
-    out.drain(..meta_len);
-    (r.return_value, meta, out)
+    (r.return_value, out, ctx_out)
 }
 
 /// Moves the calling test's thread into a network namespace of its own (once per thread):
