@@ -76,6 +76,10 @@ fn quick_bench_runs_and_writes_json_markdown_and_plots() {
             let c = &v["connect_us"];
             assert!(c["p50"].as_f64().unwrap() > 0.0 && c["p50"].as_f64() <= c["p99"].as_f64(), "{}", what("connect"));
             assert_stat(&v["conn_per_s"], &what("conn_per_s"));
+            for streams in ["1", "8"] {
+                assert_stat(&v["bulk"][streams]["gbit_s"], &what(&format!("bulk {streams} Gbit/s")));
+                assert_stat(&v["bulk"][streams]["cpu_s_per_gb"], &what(&format!("bulk {streams} CPU s/GB")));
+            }
         }
         let ours = &impls["ours"];
         assert!(ours["agent_rss_kib"].as_u64().unwrap() > 0 && ours["agent_hwm_kib"].as_u64().unwrap() > 0);
@@ -115,15 +119,17 @@ fn quick_bench_runs_and_writes_json_markdown_and_plots() {
     }
 
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    // Three datapath/control-plane tables (tc, XDP), four netns tables and the memory table (one
-    // row per sweep point each), the Maglev table.
+    // Three datapath/control-plane tables (tc, XDP), six netns tables (packets/s, first packet,
+    // connect latency, connections/s, bulk throughput with 1 and 8 streams) and the memory
+    // table (one row per sweep point each), the Maglev table.
     let rows = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| services") && !l.starts_with("| backends")).count();
-    assert_eq!(rows, 8 * 3 + maglev.len(), "{md}");
+    assert_eq!(rows, 10 * 3 + maglev.len(), "{md}");
     for heading in [
         "## Through a node (netns topology)",
         "First packet",
         "TCP connect latency",
         "New connections per second",
+        "Bulk TCP throughput",
         "## Maglev quality",
         "The uplink's XDP program",
     ] {
