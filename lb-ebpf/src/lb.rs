@@ -11,6 +11,10 @@
 //! 3. Otherwise, a reply of a tracked flow (backend → client or → masquerade address):
 //!    restore the frontend as source (and the client as destination).
 //! 4. Otherwise pass untouched.
+//!
+//! A translated packet's new addresses (and, for a tracked flow, its next hop from the
+//! conntrack entry, `fwd::flow_hop`) go into the caller's `Fwd`, and the program delivers it
+//! (`fwd`).
 
 use aya_log_ebpf::warn;
 use lb_common::{
@@ -86,8 +90,9 @@ fn forward<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4
         // every UDP packet (a UDP flow leaves a backend that stopped serving at once, I1) and
         // once a second for TCP and SCTP, with the last_seen refresh (kube-proxy never moves
         // those; we re-select when the endpoint is gone, within a second).
+        let due = conntrack::refresh_due(&entry, now);
         if entry.svc_id == svc.id
-            && ((pkt.proto != PROTO_UDP && !conntrack::refresh_due(&entry, now))
+            && ((pkt.proto != PROTO_UDP && !due)
                 || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
         {
             let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
@@ -99,7 +104,7 @@ fn forward<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4
                 tot_len: pkt.tot_len,
                 hop: Hop::UNKNOWN,
             };
-            let hop = fwd::flow_hop(f, e, conntrack::refresh_due(&entry, now), &addrs);
+            let hop = fwd::flow_hop(f, e, due, &addrs);
             conntrack::touch(e, now, l4.tcp_flags);
             return translate(f, st, out, pkt, l4, to, hop);
         }
@@ -272,12 +277,12 @@ struct Dnat {
 fn translate<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4, to: Dnat, hop: Hop) -> Verdict {
     let Dnat { backend_addr, backend_port, snat } = to;
     if nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, backend_addr, backend_port).is_err() {
-        return rewrite_failed(f, st, pkt);
+        return rewrite_failed(st);
     }
     let mut saddr = pkt.saddr;
     if let Some((addr, port)) = snat {
         if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, addr, port).is_err() {
-            return rewrite_failed(f, st, pkt);
+            return rewrite_failed(st);
         }
         saddr = addr;
     }
@@ -288,7 +293,7 @@ fn translate<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &
 }
 
 #[inline(always)]
-fn rewrite_failed<F: Frame>(_f: &F, st: &Stats, pkt: &Ipv4Packet) -> Verdict {
+fn rewrite_failed(st: &Stats) -> Verdict {
     st.inc(Counter::DropRewrite);
     Verdict::RewriteFailed
 }
@@ -315,12 +320,12 @@ fn reply<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4) 
     let hop = fwd::flow_hop(f, e, conntrack::refresh_due(&entry, now), &addrs);
     conntrack::touch(e, now, l4.tcp_flags);
     if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.peer_addr, entry.peer_port).is_err() {
-        return rewrite_failed(f, st, pkt);
+        return rewrite_failed(st);
     }
     if entry.flags & ct_flags::SNAT != 0
         && nat::rewrite(f, pkt, Side::Dst, pkt.daddr, l4.dport, entry.nat_addr, entry.nat_port).is_err()
     {
-        return rewrite_failed(f, st, pkt);
+        return rewrite_failed(st);
     }
     st.inc(Counter::ReplyPackets);
     *out = Fwd { hop, ..addrs };

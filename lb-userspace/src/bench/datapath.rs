@@ -145,7 +145,8 @@ impl NodeNs {
             anyhow::ensure!(st.success(), "ip {}", args.join(" "));
             Ok(())
         };
-        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by an interrupted run (none normally: quiet).
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).stderr(std::process::Stdio::null()).status();
         run(&["netns", "add", &name])?;
         // Removed on drop from here on, also on an error path.
         let mut ns = NodeNs { name: name.clone(), uplink: 0 };
