@@ -380,8 +380,21 @@ fn keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it() {
     let r = tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 10, T);
     assert_eq!(count_by_name(&r).0.get("backend-a"), Some(&10), "traffic flows with no agent: {r:?}");
 
-    // --cleanup removes everything: the ClusterIP stops answering.
-    let out = std::process::Command::new(lb_tests::agent::bin_dir().join("lb-agent"))
+    // The agents let the pod interfaces accept node-address sources (fallback paths).
+    let host_if = env.topo.pods[0].host_if.clone();
+    let accept_local = || {
+        lb_tests::netns::run("ip", &["netns", "exec", &env.topo.node_netns, "cat", &format!("/proc/sys/net/ipv4/conf/{host_if}/accept_local")])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(accept_local(), "1");
+
+    // --cleanup (in the node's namespace) removes everything and restores the sysctls: the
+    // ClusterIP stops answering.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.topo.node_netns))
+        .arg(lb_tests::agent::bin_dir().join("lb-agent"))
         .arg("--cleanup")
         .arg("--bpffs")
         .arg(&bpffs)
@@ -389,6 +402,7 @@ fn keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!bpffs.exists());
+    assert_eq!(accept_local(), "0", "accept_local restored by --cleanup");
     // The kernel releases an unpinned link from a workqueue: detachment follows shortly.
     wait::until("the ClusterIP stops answering after --cleanup", Duration::from_secs(10), || {
         tcp_hello(&env.client(), SocketAddrV4::new(VIP, 80), 1, Duration::from_millis(500)).pop()?.is_err().then_some(())

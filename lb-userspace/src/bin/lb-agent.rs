@@ -29,6 +29,7 @@ use lb_userspace::{
         inspect::datapath_snapshot,
         load_object_from,
         pin::PinDir,
+        sysctl::Journal,
         writer::Writer,
         Capacity, MapSet,
     },
@@ -91,8 +92,8 @@ struct Args {
     #[arg(long, default_value = "/proc/sys")]
     proc_sys: PathBuf,
 
-    /// Remove everything a previous agent left under --bpffs (maps and attachments), then exit
-    /// (like kube-proxy's --cleanup).
+    /// Remove everything a previous agent left under --bpffs (maps and attachments) and write
+    /// back the sysctls it changed under --proc-sys, then exit (like kube-proxy's --cleanup).
     #[arg(long)]
     cleanup: bool,
 
@@ -317,8 +318,13 @@ fn forward_datapath_logs(ebpf: &mut aya::Ebpf) -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
     if args.cleanup {
+        if let Some(mut journal) = Journal::open(&pins)? {
+            for problem in journal.restore(&args.proc_sys) {
+                warn!("{problem}");
+            }
+        }
         pins.remove()?;
-        info!(bpffs = %args.bpffs.display(), "cleaned up");
+        info!(bpffs = %args.bpffs.display(), "cleaned up (sysctls restored)");
         return Ok(());
     }
     if let Some(m) = &args.manifests {
@@ -416,7 +422,7 @@ async fn run(args: Args) -> Result<()> {
         scheduler.done(Instant::now(), ok);
     }
 
-    let mut attacher = Attacher::new(pins.links_dir(), args.proc_sys.clone())?;
+    let mut attacher = Attacher::new(pins.links_dir(), args.proc_sys.clone(), Journal::open_or_create(&pins)?)?;
     attacher.reconcile(&mut ebpf, &selector).context("attaching")?;
     for old in pins.remove_other_versions()? {
         info!(path = %old.display(), "removed maps of another layout version (links taken over)");
@@ -471,6 +477,7 @@ async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     attacher.detach_all();
+    attacher.restore_sysctls();
     drop(pipeline);
     drop(ebpf);
     pins.remove()?;

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use lb_common::IfaceEntry;
 
-use super::names;
+use super::{names, sysctl::Journal};
 
 /// Interface names or glob patterns (`veth*`, `eth?`), as given to `--interfaces`.
 #[derive(Clone, Debug)]
@@ -192,26 +192,27 @@ pub fn load_xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// "martian source"; strict reverse-path filtering (`rp_filter=1`) would too, so it is made
 /// loose (2) on the interface, and on `all` if that is strict (the effective value is the
 /// larger of the two). `proc_sys` is the node's `/proc/sys` (the DaemonSet mounts the host's,
-/// writable). Returns what it changed host-wide or could not do, for the log.
-pub fn allow_local_sources(proc_sys: &Path, interface: &str) -> Vec<String> {
-    let conf = |i: &str, key: &str| proc_sys.join(format!("net/ipv4/conf/{i}/{key}"));
+/// writable). Every change is journaled first (`super::sysctl`), so `--cleanup` restores the
+/// previous values. Returns what it changed host-wide or could not do, for the log.
+pub fn allow_local_sources(proc_sys: &Path, interface: &str, journal: &mut Journal) -> Vec<String> {
+    let conf = |i: &str, key: &str| format!("net/ipv4/conf/{i}/{key}");
     let mut problems = Vec::new();
-    if let Err(e) = std::fs::write(conf(interface, "accept_local"), "1") {
-        problems.push(format!("setting accept_local on {interface}: {e}"));
+    if let Err(e) = journal.set(proc_sys, &conf(interface, "accept_local"), 1) {
+        problems.push(format!("setting accept_local on {interface}: {e:#}"));
     }
-    let read = |i: &str| std::fs::read_to_string(conf(i, "rp_filter")).ok().and_then(|v| v.trim().parse::<u8>().ok());
+    let read = |i: &str| std::fs::read_to_string(proc_sys.join(conf(i, "rp_filter"))).ok().and_then(|v| v.trim().parse::<u8>().ok());
     if read(interface) == Some(1) {
-        if let Err(e) = std::fs::write(conf(interface, "rp_filter"), "2") {
-            problems.push(format!("making rp_filter loose on {interface}: {e}"));
+        if let Err(e) = journal.set(proc_sys, &conf(interface, "rp_filter"), 2) {
+            problems.push(format!("making rp_filter loose on {interface}: {e:#}"));
         }
     }
     if read("all") == Some(1) {
-        problems.push(match std::fs::write(conf("all", "rp_filter"), "2") {
+        problems.push(match journal.set(proc_sys, &conf("all", "rp_filter"), 2) {
             Ok(()) => "net.ipv4.conf.all.rp_filter changed from 1 (strict) to 2 (loose): strict reverse-path filtering \
-                       drops masqueraded packets and NodePort replies"
+                       drops masqueraded packets and NodePort replies the stack receives (restored by --cleanup)"
                 .to_string(),
             Err(e) => format!(
-                "net.ipv4.conf.all.rp_filter=1 (strict) overrides {interface}'s and could not be changed ({e}): \
+                "net.ipv4.conf.all.rp_filter=1 (strict) overrides {interface}'s and could not be changed ({e:#}): \
                  masqueraded packets and NodePort replies will be dropped; set it to 2"
             ),
         });
@@ -328,8 +329,10 @@ pub fn iface_entries(ifaces: impl IntoIterator<Item = (u32, u32)>) -> BTreeMap<u
 /// The programs attached, as pinned links.
 pub struct Attacher {
     dir: PathBuf,
-    /// The node's `/proc/sys` (see [`allow_local_sources`]).
+    /// The node's `/proc/sys` and the journal of what was changed there (see
+    /// [`allow_local_sources`]).
     proc_sys: PathBuf,
+    journal: Journal,
     /// (interface, hook) → ifindex it had when attached.
     attached: BTreeMap<(String, Hook), u32>,
     /// Uplinks whose driver has no native XDP (→ ifindex): they run the tc ingress program.
@@ -342,10 +345,11 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    /// Attachments pinned under `dir` (created if missing); sysctls written under `proc_sys`.
-    pub fn new(dir: PathBuf, proc_sys: PathBuf) -> Result<Attacher> {
+    /// Attachments pinned under `dir` (created if missing); sysctls written under `proc_sys`,
+    /// journaled in `journal`.
+    pub fn new(dir: PathBuf, proc_sys: PathBuf, journal: Journal) -> Result<Attacher> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Attacher { dir, proc_sys, attached: BTreeMap::new(), no_native_xdp: BTreeMap::new(), pruned: false, pod_veths: BTreeMap::new(), ifaces_written: None })
+        Ok(Attacher { dir, proc_sys, journal, attached: BTreeMap::new(), no_native_xdp: BTreeMap::new(), pruned: false, pod_veths: BTreeMap::new(), ifaces_written: None })
     }
 
     fn pin_path(&self, interface: &str, hook: Hook) -> PathBuf {
@@ -405,7 +409,7 @@ impl Attacher {
                 Ok(how) => {
                     info!(interface = %name, ifindex = idx, "{how} {program} ({})", hook.describe());
                     if !self.attached.keys().any(|(n, _)| *n == name) {
-                        for problem in allow_local_sources(&self.proc_sys, &name) {
+                        for problem in allow_local_sources(&self.proc_sys, &name, &mut self.journal) {
                             warn!("{problem}");
                         }
                     }
@@ -527,6 +531,13 @@ impl Attacher {
 
     pub fn attached(&self) -> impl Iterator<Item = (&str, Hook)> {
         self.attached.keys().map(|(n, h)| (n.as_str(), *h))
+    }
+
+    /// Writes back the sysctls the agents changed (the journal's values).
+    pub fn restore_sysctls(&mut self) {
+        for problem in self.journal.restore(&self.proc_sys) {
+            warn!("{problem}");
+        }
     }
 
     /// Detaches everything (unpinning the links releases them).

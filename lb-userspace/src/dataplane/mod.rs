@@ -4,6 +4,7 @@ pub mod attach;
 pub mod inspect;
 pub mod pin;
 pub mod sys;
+pub mod sysctl;
 pub mod writer;
 
 use anyhow::{Context, Result};
