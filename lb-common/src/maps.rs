@@ -445,6 +445,10 @@ pub mod iface_flags {
     /// bpf_redirect_peer (straight into the pod's namespace, no second trip through the
     /// backlog).
     pub const POD_VETH: u32 = 1 << 0;
+    /// Our egress program runs on it: a packet redirected there carries `MARK_DELIVERED` so
+    /// that the program lets it pass (and clears the mark). Other interfaces never see the mark
+    /// (a tunnel device's routing may use marks).
+    pub const MANAGED: u32 = 1 << 1;
 }
 
 /// An IPv4 address in map representation.

@@ -235,9 +235,21 @@ fn next_hop<F: Frame>(f: &F, st: &Stats, fwd: &Fwd, origin: Origin) -> NextHop {
     NextHop::Resolved(hop.ifindex)
 }
 
+/// What the agent said about interface `ifindex` (`lb_common::iface_flags`; 0: nothing).
 #[inline(always)]
-fn is_pod_veth(ifindex: u32) -> bool {
-    LB_IFACES.get(iface_slot(ifindex)).is_some_and(|e| e.ifindex == ifindex && e.flags & iface_flags::POD_VETH != 0)
+fn iface(ifindex: u32) -> u32 {
+    match LB_IFACES.get(iface_slot(ifindex)) {
+        Some(e) if e.ifindex == ifindex => e.flags,
+        _ => 0,
+    }
+}
+
+/// Marks a packet about to be redirected to `flags`' interface for our egress program there.
+#[inline(always)]
+fn mark_for(ctx: &TcContext, flags: u32) {
+    if flags & iface_flags::MANAGED != 0 {
+        ctx.set_mark(MARK_DELIVERED);
+    }
 }
 
 /// Which tc hook delivers.
@@ -252,7 +264,8 @@ pub enum TcHook {
 pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -> i32 {
     match next_hop(ctx, st, &fwd, origin) {
         NextHop::Resolved(ifindex) => {
-            if hook == TcHook::Ingress && is_pod_veth(ifindex) {
+            let flags = iface(ifindex);
+            if hook == TcHook::Ingress && flags & iface_flags::POD_VETH != 0 {
                 st.inc(Counter::FwdPeer);
                 // SAFETY: no preconditions (a tc ingress program; the target is a veth).
                 return unsafe { bpf_redirect_peer(ifindex, 0) as i32 };
@@ -262,13 +275,13 @@ pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -
                 // Already on its way out of the right interface.
                 return TC_ACT_OK as i32;
             }
-            ctx.set_mark(MARK_DELIVERED);
+            mark_for(ctx, flags);
             // SAFETY: no preconditions.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
         NextHop::Unresolved(ifindex, mut nh) => {
             st.inc(Counter::FwdNeigh);
-            ctx.set_mark(MARK_DELIVERED);
+            mark_for(ctx, iface(ifindex));
             // SAFETY: nh is a valid bpf_redir_neigh for the call.
             unsafe { bpf_redirect_neigh(ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
         }

@@ -183,18 +183,23 @@ fn pod_ingress_redirects_translated_packets_to_the_next_hop() {
     let mut h = harness();
     let pods_mac = mac_of("pods");
 
-    // New flow to the ClusterIP: DNAT, then out of `pods` to the backend's MAC, TTL 63.
+    // New flow to the ClusterIP: DNAT, then out of `pods` to the backend's MAC, TTL 63. `pods`
+    // is not one of our interfaces yet: the packet leaves unmarked.
     let (rc, out, mark) = h.tc(names::PROG_POD_INGRESS, &tcp(CLIENT, 40000, VIP, 80), 0);
     assert_eq!(rc, TC_ACT_REDIRECT);
     let s = summarize(&out).unwrap();
     assert_eq!((s.dst, s.dport), (BACKEND, 8080));
     check_delivered(&out, BACKEND_MAC, pods_mac, 63);
-    assert_eq!(mark, MARK_DELIVERED, "marked for our egress program to let it pass");
+    assert_eq!(mark, 0, "no mark towards an interface our egress program does not run on");
     assert_eq!(h.counter(Counter::FwdRedirect), 1);
+    // Once it is ours: marked for our egress program there to let it pass.
+    h.set_iface(net.pods, iface_flags::MANAGED);
+    let (rc, _, mark) = h.tc(names::PROG_POD_INGRESS, &tcp(CLIENT, 40000, VIP, 80), 0);
+    assert_eq!((rc, mark), (TC_ACT_REDIRECT, MARK_DELIVERED));
 
     // The reply: reverse NAT, then to the client's MAC. With `pods` known as a pod veth, the
     // delivery goes straight into the pod (bpf_redirect_peer), unmarked.
-    h.set_iface(net.pods, iface_flags::POD_VETH);
+    h.set_iface(net.pods, iface_flags::POD_VETH | iface_flags::MANAGED);
     let (rc, out, mark) = h.tc(names::PROG_POD_INGRESS, &tcp(BACKEND, 8080, CLIENT, 40000), 0);
     assert_eq!(rc, TC_ACT_REDIRECT);
     let s = summarize(&out).unwrap();

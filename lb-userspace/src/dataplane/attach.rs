@@ -309,19 +309,18 @@ pub fn driver_name(interface: &str) -> Option<String> {
     }
 }
 
-/// `LB_IFACES` slots for interfaces (ifindex, flags): each interface in its
-/// `lb_common::iface_slot`; of two sharing a slot the lower ifindex keeps it (the other is
-/// delivered to with a plain redirect).
+/// `LB_IFACES` slots for interfaces (ifindex, flags; an ifindex may come more than once, its
+/// flags are merged): each interface in its `lb_common::iface_slot`; of two sharing a slot the
+/// lower ifindex keeps it (the other is delivered to with a plain redirect, unmarked).
 pub fn iface_entries(ifaces: impl IntoIterator<Item = (u32, u32)>) -> BTreeMap<u32, IfaceEntry> {
-    let mut out = BTreeMap::new();
+    let mut merged: BTreeMap<u32, u32> = BTreeMap::new();
     for (ifindex, flags) in ifaces {
-        out.entry(lb_common::iface_slot(ifindex))
-            .and_modify(|e: &mut IfaceEntry| {
-                if ifindex < e.ifindex {
-                    *e = IfaceEntry { ifindex, flags };
-                }
-            })
-            .or_insert(IfaceEntry { ifindex, flags });
+        *merged.entry(ifindex).or_default() |= flags;
+    }
+    let mut out = BTreeMap::new();
+    // Ascending ifindex: the first to claim a slot is the lowest.
+    for (ifindex, flags) in merged {
+        out.entry(lb_common::iface_slot(ifindex)).or_insert(IfaceEntry { ifindex, flags });
     }
     out
 }
@@ -447,7 +446,9 @@ impl Attacher {
     /// What `LB_IFACES` should hold for the attached interfaces: slot → entry (see
     /// [`iface_entries`]).
     pub fn iface_entries(&self) -> BTreeMap<u32, IfaceEntry> {
-        iface_entries(self.pod_veths.keys().map(|idx| (*idx, lb_common::iface_flags::POD_VETH)))
+        use lb_common::iface_flags::{MANAGED, POD_VETH};
+        let managed = self.attached.iter().filter(|((_, hook), _)| *hook == Hook::HostEgress).map(|(_, idx)| (*idx, MANAGED));
+        iface_entries(managed.chain(self.pod_veths.keys().map(|idx| (*idx, POD_VETH))))
     }
 
     /// Writes the `LB_IFACES` slots whose entry changed (emptied slots are zeroed).
@@ -589,11 +590,12 @@ mod tests {
     #[test]
     fn iface_slots_keep_the_lower_ifindex_on_a_clash() {
         use lb_common::{iface_flags::POD_VETH, IfaceEntry, IFACE_SLOTS};
-        let e = super::iface_entries([(7, POD_VETH), (7 + IFACE_SLOTS, POD_VETH), (9, POD_VETH)]);
+        use lb_common::iface_flags::MANAGED;
+        let e = super::iface_entries([(7, POD_VETH), (7 + IFACE_SLOTS, POD_VETH), (9, POD_VETH), (7, MANAGED)]);
         assert_eq!(e.len(), 2);
-        assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: POD_VETH });
+        assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: POD_VETH | MANAGED }, "flags of one interface merged");
         let e = super::iface_entries([(7 + IFACE_SLOTS, 1), (7, 2)]);
-        assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: 2 });
+        assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: 2 }, "the lower ifindex keeps the slot");
     }
 
     #[test]
