@@ -107,14 +107,15 @@ pub fn flow_hop<F: Frame>(f: &F, e: *mut CtEntry, refresh_due: bool, fwd: &Fwd) 
         }
         return Hop::UNKNOWN;
     }
-    let mut q = Query::new(fwd, f.ifindex(), if F::XDP { fwd.tot_len } else { 0 });
+    let mut q = Query::of(f, fwd);
     if q.run(f) != BPF_FIB_LKUP_RET_SUCCESS {
         return Hop::UNKNOWN;
     }
-    entry.hop_ifindex = q.0.ifindex;
-    entry.hop_dmac = q.0.dmac;
-    entry.hop_smac = q.0.smac;
-    Hop { ifindex: q.0.ifindex, dmac: q.0.dmac, smac: q.0.smac }
+    let hop = q.hop();
+    entry.hop_ifindex = hop.ifindex;
+    entry.hop_dmac = hop.dmac;
+    entry.hop_smac = hop.smac;
+    hop
 }
 
 /// The FIB query for a packet's addresses.
@@ -134,6 +135,19 @@ impl Query {
         p.__bindgen_anon_3.ipv4_src = fwd.saddr;
         p.__bindgen_anon_4.ipv4_dst = fwd.daddr;
         Query(p)
+    }
+
+    /// The query for a translated packet on frame `f`: from the interface the program runs
+    /// on; XDP passes its IP length (the MTU check), tc lets the kernel check the skb.
+    #[inline(always)]
+    fn of<F: Frame>(f: &F, fwd: &Fwd) -> Query {
+        Query::new(fwd, f.ifindex(), if F::XDP { fwd.tot_len } else { 0 })
+    }
+
+    /// The resolved next hop (after a successful lookup).
+    #[inline(always)]
+    fn hop(&self) -> Hop {
+        Hop { ifindex: self.0.ifindex, dmac: self.0.dmac, smac: self.0.smac }
     }
 
     /// A forwarding lookup (`ifindex` is where the packet comes from): an output lookup bound
@@ -203,9 +217,9 @@ fn next_hop<F: Frame>(f: &F, st: &Stats, fwd: &Fwd, origin: Origin) -> NextHop {
     let hop = match fwd.hop {
         h if h.ifindex != 0 => h,
         _ => {
-            let mut q = Query::new(fwd, f.ifindex(), if F::XDP { fwd.tot_len } else { 0 });
+            let mut q = Query::of(f, fwd);
             match q.run(f) {
-                BPF_FIB_LKUP_RET_SUCCESS => Hop { ifindex: q.0.ifindex, dmac: q.0.dmac, smac: q.0.smac },
+                BPF_FIB_LKUP_RET_SUCCESS => q.hop(),
                 BPF_FIB_LKUP_RET_NO_NEIGH => {
                     if origin == Origin::Forwarded && decrement_ttl(f) != Ok(true) {
                         st.inc(Counter::StackTtl);
@@ -311,9 +325,9 @@ pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: Fwd) -> u32 {
     let hop = match fwd.hop {
         h if h.ifindex != 0 => h,
         _ => {
-            let mut q = Query::new(&fwd, ingress, fwd.tot_len);
+            let mut q = Query::of(ctx, &fwd);
             match q.run(ctx) {
-                BPF_FIB_LKUP_RET_SUCCESS => Hop { ifindex: q.0.ifindex, dmac: q.0.dmac, smac: q.0.smac },
+                BPF_FIB_LKUP_RET_SUCCESS => q.hop(),
                 BPF_FIB_LKUP_RET_NO_NEIGH => return hand_to_tc(ctx, xdp_meta::FORWARDED),
                 BPF_FIB_LKUP_RET_NOT_FWDED => {
                     st.inc(Counter::StackLocal);
