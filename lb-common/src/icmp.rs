@@ -38,21 +38,6 @@ pub fn port_unreachable(orig: &[u8; ORIG_LEN]) -> [u8; REPLY_LEN] {
     out
 }
 
-/// The `attempt`-th masquerade port candidate for a flow whose hash is `hash`, in
-/// `[min, max]` (host order). Candidates walk the range from a hash-chosen start, so
-/// concurrent flows spread out and a flow tries distinct ports.
-#[inline(always)]
-pub const fn snat_port_candidate(hash: u32, attempt: u32, min: u16, max: u16) -> u16 {
-    let (lo, hi) = if min <= max { (min as u32, max as u32) } else { (max as u32, min as u32) };
-    let span = hi - lo + 1;
-    if span == 0 {
-        // Unreachable (span is 1..=65536), but it spares the datapath a division-by-zero
-        // panic path the verifier would reject.
-        return lo as u16;
-    }
-    (lo + (hash.wrapping_add(attempt.wrapping_mul(7919))) % span) as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,19 +70,5 @@ mod tests {
         assert!(matches!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)));
         assert_eq!(csum::checksum(&reply[20..], 0), 0, "ICMP checksum verifies");
         assert_eq!(&reply[28..], &orig[..], "quotes the header and 8 bytes (the ports)");
-    }
-
-    #[test]
-    fn snat_candidates_stay_in_range_and_differ() {
-        for hash in [0, 1, 0xdead_beef, u32::MAX] {
-            let mut seen = std::collections::BTreeSet::new();
-            for attempt in 0..32 {
-                let p = snat_port_candidate(hash, attempt, 61_000, 65_535);
-                assert!((61_000..=65_535).contains(&p));
-                seen.insert(p);
-            }
-            assert_eq!(seen.len(), 32, "distinct candidates");
-        }
-        assert_eq!(snat_port_candidate(5, 0, 100, 100), 100);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod crc32c;
 pub mod csum;
+pub mod flow;
 pub mod hash;
 pub mod icmp;
 #[cfg(feature = "std")]

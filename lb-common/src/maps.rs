@@ -23,7 +23,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// Version of the map layout below; part of every pinned map's path, so an agent never adopts
 /// maps whose layout it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Packs a table's u32 sequence `[M, slots..]` two per element (the inner arrays' layout).
 #[cfg(feature = "std")]
@@ -169,10 +169,10 @@ impl CtKey {
 
 /// [`CtEntry::flags`] bits.
 pub mod ct_flags {
-    /// A TCP FIN or RST was seen: the short closing timeout applies.
-    pub const TCP_CLOSING: u8 = 1 << 0;
-    /// The flow is masqueraded: the forward entry's `nat_addr:nat_port` is the source to
-    /// write, the reply entry's is the client's address to restore as destination.
+    /// The flow is source-NATed: the forward entry's `nat_addr:nat_port` is the source to
+    /// write (the node's address when masqueraded; the client's own address with another port
+    /// when its post-NAT tuple clashed with another flow's), the reply entry's is the client
+    /// to restore as destination.
     pub const SNAT: u8 = 1 << 1;
 }
 
@@ -181,11 +181,15 @@ pub mod ct_flags {
 /// Forward entry (key: client → frontend): `backend_id`, the backend's address and port in
 /// `peer_addr:peer_port` (established packets are translated from the entry; the backend's
 /// `LB_BACKENDS` entry is re-checked on every UDP packet and once a second, with the
-/// `last_seen` refresh, for TCP and SCTP), and with [`ct_flags::SNAT`] the masquerade source in
+/// `last_seen` refresh, for TCP and SCTP), and with [`ct_flags::SNAT`] the source to write in
 /// `nat_addr:nat_port`. Reply entry (key: backend → client, or backend → masquerade address):
 /// the frontend in `peer_addr:peer_port` becomes the source, and with SNAT `nat_addr:nat_port`
 /// (the client) the destination. The reply entry's key is the flow's post-NAT tuple: inserting
-/// it with `BPF_NOEXIST` is what reserves a masquerade port.
+/// it with `BPF_NOEXIST` is what reserves it (and a masquerade port).
+///
+/// The two entries are one connection: they carry the same `state` ([`crate::flow`]), a
+/// packet that changes it writes both, and each half refreshes (or, if the LRU evicted it,
+/// rebuilds) the other with its own once-a-second refresh, so neither outlives the other.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
@@ -198,8 +202,10 @@ pub struct CtEntry {
     pub peer_addr: u32,
     pub peer_port: u16,
     pub flags: u8,
-    pub _pad: u8,
-    /// Masquerade source (forward) or client to restore (reply); 0 unless SNAT.
+    /// The connection's state ([`crate::flow`]): TCP's netfilter state, or UDP/SCTP
+    /// unreplied/replied. It chooses the timeout.
+    pub state: u8,
+    /// SNAT source (forward) or client to restore (reply); 0 unless SNAT.
     pub nat_addr: u32,
     pub nat_port: u16,
     pub _pad2: [u8; 2],
@@ -209,6 +215,71 @@ pub struct CtEntry {
     pub hop_ifindex: u32,
     pub hop_dmac: [u8; 6],
     pub hop_smac: [u8; 6],
+    /// TCP: the sequence number an RST of this direction's sender is checked against
+    /// ([`crate::flow::rst_believed`]): in SYN_SENT the reply half holds the client's ISN + 1;
+    /// otherwise the sender's sequence number as last recorded.
+    pub seq: u32,
+    pub _pad3: u32,
+}
+
+/// Map layouts of earlier versions, for carrying flows over an upgrade.
+pub mod legacy {
+    use super::*;
+
+    /// `LB_CT`'s value in layout version 3 (the key is unchanged).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+    pub struct CtEntryV3 {
+        pub last_seen_ns: u64,
+        pub backend_id: u32,
+        pub svc_id: u32,
+        pub peer_addr: u32,
+        pub peer_port: u16,
+        pub flags: u8,
+        pub _pad: u8,
+        pub nat_addr: u32,
+        pub nat_port: u16,
+        pub _pad2: [u8; 2],
+        pub hop_ifindex: u32,
+        pub hop_dmac: [u8; 6],
+        pub hop_smac: [u8; 6],
+    }
+
+    /// Version 3's "a FIN or RST was seen" flag.
+    pub const V3_TCP_CLOSING: u8 = 1 << 0;
+
+    /// A version-3 entry in today's layout. Version 3 knew "open" and "closing" only: an open
+    /// TCP flow becomes ESTABLISHED, a closing one TIME_WAIT (the 120 s it had left); a UDP or
+    /// SCTP flow counts as replied (version 3 gave every datagram flow the stream timeout).
+    /// The cached next hop is kept; the RST check starts from 0 (refreshed within a second).
+    pub fn ct_entry_from_v3(old: &CtEntryV3, proto: u8) -> CtEntry {
+        let state = if proto == PROTO_TCP {
+            if old.flags & V3_TCP_CLOSING != 0 {
+                crate::flow::tcp::TIME_WAIT
+            } else {
+                crate::flow::tcp::ESTABLISHED
+            }
+        } else {
+            crate::flow::REPLIED
+        };
+        CtEntry {
+            last_seen_ns: old.last_seen_ns,
+            backend_id: old.backend_id,
+            svc_id: old.svc_id,
+            peer_addr: old.peer_addr,
+            peer_port: old.peer_port,
+            flags: old.flags & ct_flags::SNAT,
+            state,
+            nat_addr: old.nat_addr,
+            nat_port: old.nat_port,
+            _pad2: [0; 2],
+            hop_ifindex: old.hop_ifindex,
+            hop_dmac: old.hop_dmac,
+            hop_smac: old.hop_smac,
+            seq: 0,
+            _pad3: 0,
+        }
+    }
 }
 
 /// [`Config::flags`] bits.
@@ -220,35 +291,64 @@ pub mod config_flags {
     pub const DETECT_LOCAL: u32 = 1 << 1;
 }
 
+/// Which of [`Config::timeouts`] applies ([`crate::flow::timeout_index`]).
+#[repr(usize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutIndex {
+    TcpSynSent = 0,
+    TcpSynRecv = 1,
+    TcpEstablished = 2,
+    TcpFinWait = 3,
+    TcpCloseWait = 4,
+    TcpLastAck = 5,
+    TcpTimeWait = 6,
+    TcpClose = 7,
+    /// UDP / SCTP before a reply was seen.
+    Udp = 8,
+    /// UDP / SCTP once a reply was seen.
+    UdpStream = 9,
+}
+
+impl TimeoutIndex {
+    pub const COUNT: usize = 10;
+}
+
 /// Datapath configuration written by the agent (`LB_CONFIG[0]`). Timeouts in seconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {
-    pub tcp_established_timeout: u32,
-    pub tcp_closing_timeout: u32,
-    pub udp_timeout: u32,
     /// [`config_flags`] bits.
     pub flags: u32,
     /// The masquerade (SNAT) address: the node's primary address (map representation).
     pub snat_addr: u32,
-    /// Masquerade source ports, host order, inclusive; outside the node's ephemeral range so
-    /// they never collide with the node's own connections.
+    /// The ports a source NAT searches when the client's own port cannot be kept, host
+    /// order, inclusive ...
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// ... except the node's ephemeral range (`net.ipv4.ip_local_port_range`), from which
+    /// the node's own sockets take their ports at any time: a port we hold there could be
+    /// given to a new node connection to the same backend (a kubelet probe) and its replies
+    /// would be taken for our flow's. The node's existing sockets are checked at reservation.
+    pub local_port_min: u16,
+    pub local_port_max: u16,
+    /// Idle timeouts by [`TimeoutIndex`].
+    pub timeouts: [u32; TimeoutIndex::COUNT],
 }
 
 impl Config {
-    /// Close to what kube-proxy sets or leaves: nf_conntrack_tcp_timeout_established 24h
-    /// (SEMANTICS I5), time_wait 120 s, udp_timeout_stream 120 s. Masquerade ports
-    /// 61000–65535: above Linux's default ip_local_port_range (32768–60999).
+    /// kube-proxy's defaults (`--conntrack-tcp-timeout-established` 24h,
+    /// `--conntrack-tcp-timeout-close-wait` 1h) and netfilter's for everything kube-proxy does
+    /// not set (SYN_SENT 120 s, SYN_RECV 60 s, FIN_WAIT 120 s, LAST_ACK 30 s, TIME_WAIT 120 s,
+    /// CLOSE 10 s, UDP 30 s, UDP stream 120 s). Source NAT searches 1024–65535 outside Linux's
+    /// default ephemeral range 32768–60999 (the agent writes the node's).
     pub const DEFAULT: Config = Config {
-        tcp_established_timeout: 86_400,
-        tcp_closing_timeout: 120,
-        udp_timeout: 120,
         flags: 0,
         snat_addr: 0,
-        snat_port_min: 61_000,
+        snat_port_min: 1024,
         snat_port_max: 65_535,
+        local_port_min: 32_768,
+        local_port_max: 60_999,
+        timeouts: [120, 60, 86_400, 120, 3_600, 30, 120, 10, 30, 120],
     };
 }
 
@@ -334,10 +434,20 @@ pub enum Counter {
     StackLocal = 23,
     /// ... whose TTL expires here (the stack answers "time exceeded").
     StackTtl = 24,
+    /// Drop: a TCP RST that belongs to no flow, or whose sequence number does not fit its
+    /// flow (netfilter: INVALID, dropped by kube-proxy's `--ctstate INVALID -j DROP`).
+    DropTcpInvalid = 25,
+    /// New flows whose post-NAT tuple was taken by another flow (one backend behind two
+    /// frontends, the same client port to both): the source port was remapped.
+    PortRemapped = 26,
+    /// A SYN on a closed tuple (TIME_WAIT, CLOSE) started a new connection.
+    Reopened = 27,
+    /// One half of a connection was missing (evicted) and rebuilt from the other.
+    HalfRestored = 28,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 29;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
         Counter::Bytes,
@@ -364,6 +474,10 @@ impl Counter {
         Counter::StackMtu,
         Counter::StackLocal,
         Counter::StackTtl,
+        Counter::DropTcpInvalid,
+        Counter::PortRemapped,
+        Counter::Reopened,
+        Counter::HalfRestored,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -393,6 +507,10 @@ impl Counter {
             Counter::StackMtu => "stack_over_mtu",
             Counter::StackLocal => "stack_local_destination",
             Counter::StackTtl => "stack_ttl_expired",
+            Counter::DropTcpInvalid => "drop_tcp_invalid",
+            Counter::PortRemapped => "port_remapped_flows",
+            Counter::Reopened => "reopened_flows",
+            Counter::HalfRestored => "ct_half_restored",
         }
     }
 }
@@ -482,6 +600,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for legacy::CtEntryV3 {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
@@ -506,14 +625,17 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(offset_of!(CtKey, proto), 12);
         assert_eq!(offset_of!(CtKey, dir), 13);
-        assert_eq!(size_of::<CtEntry>(), 48);
+        assert_eq!(size_of::<CtEntry>(), 56);
+        assert_eq!(offset_of!(CtEntry, state), 23);
+        assert_eq!(offset_of!(CtEntry, seq), 48);
+        assert_eq!(size_of::<legacy::CtEntryV3>(), 48);
         assert_eq!(offset_of!(CtEntry, hop_ifindex), 32);
         assert_eq!(offset_of!(CtEntry, backend_id), 8);
         assert_eq!(offset_of!(CtEntry, peer_addr), 16);
         assert_eq!(offset_of!(CtEntry, nat_addr), 24);
         assert_eq!(align_of::<CtEntry>(), 8);
-        assert_eq!(size_of::<Config>(), 24);
-        assert_eq!(offset_of!(Config, snat_port_max), 22);
+        assert_eq!(size_of::<Config>(), 56);
+        assert_eq!(offset_of!(Config, timeouts), 16);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<Counters>(), 8 * Counter::COUNT as usize);
@@ -528,6 +650,32 @@ mod tests {
         let p = port_to_map(8080);
         assert_eq!(p.to_ne_bytes(), 8080u16.to_be_bytes());
         assert_eq!(port_from_map(p), 8080);
+    }
+
+    #[test]
+    fn v3_entries_carry_over() {
+        let old = legacy::CtEntryV3 {
+            last_seen_ns: 7,
+            backend_id: 3,
+            svc_id: 9,
+            peer_addr: 1,
+            peer_port: 2,
+            flags: legacy::V3_TCP_CLOSING | ct_flags::SNAT,
+            _pad: 0,
+            nat_addr: 5,
+            nat_port: 6,
+            _pad2: [0; 2],
+            hop_ifindex: 4,
+            hop_dmac: [1; 6],
+            hop_smac: [2; 6],
+        };
+        let new = legacy::ct_entry_from_v3(&old, PROTO_TCP);
+        assert_eq!((new.last_seen_ns, new.backend_id, new.svc_id, new.peer_addr, new.peer_port), (7, 3, 9, 1, 2));
+        assert_eq!((new.flags, new.state, new.nat_addr, new.nat_port), (ct_flags::SNAT, crate::flow::tcp::TIME_WAIT, 5, 6));
+        assert_eq!((new.hop_ifindex, new.hop_dmac, new.hop_smac), (4, [1; 6], [2; 6]));
+        let open = legacy::ct_entry_from_v3(&legacy::CtEntryV3 { flags: 0, ..old }, PROTO_TCP);
+        assert_eq!(open.state, crate::flow::tcp::ESTABLISHED);
+        assert_eq!(legacy::ct_entry_from_v3(&old, PROTO_UDP).state, crate::flow::REPLIED);
     }
 
     #[test]

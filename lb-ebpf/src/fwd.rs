@@ -28,9 +28,10 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup, bpf_redir_neigh,
         xdp_action::{XDP_PASS, XDP_TX},
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT,
     },
     helpers::{bpf_check_mtu, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
@@ -93,7 +94,9 @@ impl Fwd {
 /// in its conntrack entry `e` (see `lb_common::CtEntry::hop_ifindex`) while fresh and while the
 /// packet fits that interface's MTU; otherwise the FIB's, stored in the entry when resolved.
 /// [`Hop::UNKNOWN`]: the FIB did not resolve it (the delivery asks again and acts on why).
-#[inline(always)]
+///
+/// A separate BPF function: its FIB query gets its own stack frame.
+#[inline(never)]
 pub fn flow_hop<F: Frame>(f: &F, e: *mut CtEntry, refresh_due: bool, fwd: &Fwd) -> Hop {
     // SAFETY: a conntrack map value pointer, valid for the program's run; concurrent writers
     // store the same FIB answer.
@@ -156,12 +159,7 @@ impl Query {
     fn run<F: Frame>(&mut self, f: &F) -> u32 {
         // SAFETY: the context is the program's own; params is a valid, fully sized struct.
         unsafe {
-            aya_ebpf::helpers::bpf_fib_lookup(
-                f.as_ptr(),
-                &mut self.0,
-                core::mem::size_of::<bpf_fib_lookup>() as i32,
-                0,
-            ) as u32
+            aya_ebpf::helpers::bpf_fib_lookup(f.as_ptr(), &mut self.0, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) as u32
         }
     }
 
@@ -274,8 +272,11 @@ pub enum TcHook {
 }
 
 /// Delivers a translated packet from a tc program.
-#[inline(always)]
-pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -> i32 {
+/// (A separate BPF function, as [`xdp`]: its FIB query does not share a stack frame with the
+/// new-flow path's; the verifier limits the stack of a whole call chain.)
+#[inline(never)]
+pub fn tc(ctx: &TcContext, st: &Stats, fwd: &Fwd, hook: TcHook, origin: Origin) -> i32 {
+    let fwd = *fwd;
     match next_hop(ctx, st, &fwd, origin) {
         NextHop::Resolved(ifindex) => {
             let flags = iface(ifindex);
@@ -319,8 +320,9 @@ pub fn tc(ctx: &TcContext, st: &Stats, fwd: Fwd, hook: TcHook, origin: Origin) -
 
 /// Delivers a translated packet from the uplink's XDP program: out of the same uplink with
 /// XDP_TX; to anywhere else through the uplink's tc ingress program (see [`hand_to_tc`]).
-#[inline(always)]
-pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: Fwd) -> u32 {
+#[inline(never)]
+pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: &Fwd) -> u32 {
+    let fwd = *fwd;
     let ingress = ctx.ifindex();
     let hop = match fwd.hop {
         h if h.ifindex != 0 => h,

@@ -16,17 +16,23 @@
 //! conntrack entry, `fwd::flow_hop`) go into the caller's `Fwd`, and the program delivers it
 //! (`fwd`).
 
+use aya_ebpf::{
+    bindings::{bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS},
+    helpers::{bpf_loop, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
+};
 use aya_log_ebpf::warn;
 use lb_common::{
     backend_flags, config_flags, ct_dir, ct_flags,
+    flow::{self, Dir},
     hash::flow_hash,
-    icmp::snat_port_candidate,
-    policy::{self, EndpointSet},
-    port_to_map, svc_flags, Backend, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    policy::{self, EndpointSet, Source},
+    port_from_map, port_to_map, svc_flags, Backend, Config, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
-    affinity, conntrack,
+    affinity,
+    conntrack::{self, Claim},
     frame::Frame,
     fwd::{self, Fwd, Hop},
     nat::{self, Side},
@@ -46,10 +52,9 @@ pub enum Verdict {
     RewriteFailed,
     /// The frame was rewritten into an ICMP port unreachable for its sender.
     Reject,
+    /// (Inside `process` only: the packet starts a new flow.)
+    NewFlow,
 }
-
-/// How many masquerade ports a new flow tries before giving up.
-const SNAT_TRIES: u32 = 16;
 
 #[inline(always)]
 pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
@@ -61,7 +66,7 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
     st.add(Counter::Bytes, f.len() as u64);
     out.proto = pkt.proto;
 
-    let Some(l4) = pkt.l4 else {
+    if !pkt.has_l4 {
         // Fragments and truncated headers cannot be translated consistently: never let them
         // reach a service address un-NATed.
         if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr) {
@@ -69,62 +74,101 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
             return Verdict::Drop;
         }
         return Verdict::Pass;
-    };
+    }
+    let l4 = &pkt.l4;
 
     if let Some(svc) = service::lookup(pkt.daddr, l4.dport, pkt.proto) {
-        return forward(f, st, out, &pkt, &l4, &svc);
+        let a = FlowArgs { pkt: &pkt, svc: &svc };
+        // The established path and the new-flow path are separate BPF functions, called one
+        // after the other from here: the verifier limits the stack of a call chain (512
+        // bytes), and each needs a good part of it.
+        return match forward(f, st, out, &a) {
+            Verdict::NewFlow => new_flow(f, st, out, &a),
+            v => v,
+        };
     }
-    reply(f, st, out, &pkt, &l4)
+    reply(f, st, out, &pkt, l4)
 }
 
-/// Client → frontend.
-#[inline(always)]
-fn forward<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue) -> Verdict {
-    let now = conntrack::now();
-    let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::FORWARD);
+/// Client → frontend, on a tracked flow; [`Verdict::NewFlow`] when there is none (or it has
+/// to be replaced).
+#[inline(never)]
+fn forward<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, a: &FlowArgs) -> Verdict {
+    let (pkt, svc, now) = (a.pkt, a.svc, conntrack::now());
+    let l4 = &pkt.l4;
+    let key = a.key();
+    let tcp = pkt.proto == PROTO_TCP;
 
     if let Some(e) = conntrack::lookup(&key, now) {
-        // SAFETY: a map value pointer; the fields are copied out.
-        let entry = unsafe { *e };
-        // The backend comes from the entry. Whether it may still serve the flow is checked on
-        // every UDP packet (a UDP flow leaves a backend that stopped serving at once, I1) and
-        // once a second for TCP and SCTP, with the last_seen refresh (kube-proxy never moves
-        // those; we re-select when the endpoint is gone, within a second).
-        let due = conntrack::refresh_due(&entry, now);
-        if entry.svc_id == svc.id
-            && ((pkt.proto != PROTO_UDP && !due)
-                || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
-        {
-            let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
-            let to = Dnat { backend_addr: entry.peer_addr, backend_port: entry.peer_port, snat };
-            let addrs = Fwd {
-                saddr: snat.map_or(pkt.saddr, |(a, _)| a),
-                daddr: entry.peer_addr,
-                proto: pkt.proto,
-                tot_len: pkt.tot_len,
-                hop: Hop::UNKNOWN,
-            };
-            let hop = fwd::flow_hop(f, e, due, &addrs);
-            conntrack::touch(e, now, l4.tcp_flags);
-            return translate(f, st, out, pkt, l4, to, hop);
+        // SAFETY: a map value pointer, read in place (valid for the program's run).
+        let entry = unsafe { &*e };
+        if tcp && flow::reopens(entry.state, l4.tcp_flags) {
+            // A new connection on a closed tuple: a fresh backend choice and fresh NAT.
+            st.inc(Counter::Reopened);
+            conntrack::remove_flow(&key, entry);
+        } else if tcp && l4.tcp_flags & flow::TCP_RST != 0 && !conntrack::rst_believed(entry, Dir::Original, l4) {
+            st.inc(Counter::DropTcpInvalid);
+            return Verdict::Drop;
+        } else {
+            // The backend comes from the entry. Whether it may still serve the flow is checked
+            // on every UDP packet (a UDP flow leaves a backend that stopped serving at once,
+            // I1) and once a second for TCP and SCTP, with the last_seen refresh (kube-proxy
+            // never moves those; we re-select when the endpoint is gone, within a second).
+            let due = conntrack::refresh_due(entry, now);
+            if entry.svc_id == svc.id
+                && ((pkt.proto != PROTO_UDP && !due)
+                    || service::backend(entry.backend_id).is_some_and(|b| usable_for_established(&b, svc.id, pkt.proto)))
+            {
+                let snat = (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
+                let to = Dnat { backend_addr: entry.peer_addr, backend_port: entry.peer_port, snat };
+                let addrs = Fwd {
+                    saddr: snat.map_or(pkt.saddr, |(a, _)| a),
+                    daddr: entry.peer_addr,
+                    proto: pkt.proto,
+                    tot_len: pkt.tot_len,
+                    hop: Hop::UNKNOWN,
+                };
+                let hop = fwd::flow_hop(f, e, due, &addrs);
+                conntrack::on_packet(st, e, &key, Dir::Original, l4, now);
+                return translate(f, st, out, pkt, l4, to, hop);
+            }
+            st.inc(Counter::Reselected);
+            conntrack::remove_flow(&key, entry);
         }
-        st.inc(Counter::Reselected);
+    } else if tcp && !flow::tcp_may_create(l4.tcp_flags) {
+        // An RST without a connection (netfilter: INVALID, never NATed).
+        st.inc(Counter::DropTcpInvalid);
+        return Verdict::Drop;
     }
-    new_flow(f, st, out, pkt, l4, svc, &key, now)
+    Verdict::NewFlow
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn new_flow<F: Frame>(
-    f: &F,
-    st: &Stats,
-    out: &mut Fwd,
-    pkt: &Ipv4Packet,
-    l4: &L4,
-    svc: &ServiceValue,
-    key: &CtKey,
-    now: u64,
-) -> Verdict {
+/// A packet to a frontend and the frontend's service port (one small stack argument: a BPF
+/// call takes at most five arguments and a call chain 512 bytes of stack).
+struct FlowArgs<'a> {
+    pkt: &'a Ipv4Packet,
+    svc: &'a ServiceValue,
+}
+
+impl FlowArgs<'_> {
+    /// The flow's forward conntrack key.
+    #[inline(always)]
+    fn key(&self) -> CtKey {
+        let (p, l4) = (self.pkt, &self.pkt.l4);
+        CtKey::new(p.saddr, p.daddr, l4.sport, l4.dport, p.proto, ct_dir::FORWARD)
+    }
+}
+
+/// A new connection: policy, backend, NAT reservation, both conntrack halves, translation.
+///
+/// A separate BPF function: the verifier explores the delivery that follows once per verdict
+/// it returns instead of once per path through it (the many outcomes of the policy and the
+/// port search would otherwise multiply the whole program's states past its limit).
+#[inline(never)]
+fn new_flow<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, a: &FlowArgs) -> Verdict {
+    let (pkt, svc, now) = (a.pkt, a.svc, conntrack::now());
+    let l4 = &pkt.l4;
+    let key = &a.key();
     if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
         st.inc(Counter::RejectNoEndpoint);
         return Verdict::Reject;
@@ -133,10 +177,14 @@ fn new_flow<F: Frame>(
         st.inc(Counter::DropSourceRange);
         return Verdict::Drop;
     }
-    let cfg = service::config();
+    let Some(cfg) = service::config() else {
+        st.inc(Counter::DropNoBackend);
+        return Verdict::Drop;
+    };
+    let source = service::classify(pkt.saddr, cfg);
     let decision = policy::decide(
         svc.flags,
-        service::classify(pkt.saddr, &cfg),
+        source,
         cfg.flags & config_flags::MASQUERADE_ALL != 0,
         cfg.flags & config_flags::DETECT_LOCAL != 0,
     );
@@ -150,47 +198,82 @@ fn new_flow<F: Frame>(
         return Verdict::Drop;
     };
 
-    let mut entry = CtEntry {
-        last_seen_ns: now,
-        backend_id,
-        svc_id: svc.id,
-        peer_addr: b.addr,
-        peer_port: b.port,
-        flags: 0,
-        _pad: 0,
-        nat_addr: 0,
-        nat_port: 0,
-        _pad2: [0; 2],
-        hop_ifindex: 0,
-        hop_dmac: [0; 6],
-        hop_smac: [0; 6],
-    };
-    conntrack::touch(&mut entry, now, l4.tcp_flags);
-
-    let masquerade = (decision.masquerade || policy::hairpin(pkt.saddr, b.addr)) && cfg.snat_addr != 0;
-    let snat = if masquerade {
-        let Some(port) = reserve_snat_port(pkt, l4, &b, &entry, cfg.snat_addr, cfg.snat_port_min, cfg.snat_port_max, now) else {
-            st.inc(Counter::DropNoSnatPort);
-            return Verdict::Drop;
-        };
-        st.inc(Counter::Masqueraded);
-        entry.flags |= ct_flags::SNAT;
-        entry.nat_addr = cfg.snat_addr;
-        entry.nat_port = port;
-        Some((cfg.snat_addr, port))
-    } else {
-        let reply_key = CtKey::new(b.addr, pkt.saddr, b.port, l4.sport, pkt.proto, ct_dir::REPLY);
-        // Reply entry first: once the forward entry exists, replies must find theirs.
-        if !conntrack::insert(&reply_key, &reply_entry(&entry, pkt, l4)) {
-            st.inc(Counter::CtInsertFailed);
-        }
-        None
-    };
-    if !conntrack::insert(key, &entry) {
+    // The new entries live in a per-CPU scratch map: the stack is too small for them next to
+    // the delivery's FIB query.
+    let Some(scratch) = crate::maps::LB_SCRATCH.get_ptr_mut(0) else {
         st.inc(Counter::CtInsertFailed);
+        return Verdict::Drop;
+    };
+    // SAFETY: this CPU's scratch value; nothing else uses it while the program runs. It is
+    // only reached through this raw pointer (the port search's callback writes it too).
+    let entry = unsafe { &raw mut (*scratch).forward };
+    // SAFETY: as above.
+    unsafe {
+        *entry = CtEntry {
+            last_seen_ns: now,
+            backend_id,
+            svc_id: svc.id,
+            peer_addr: b.addr,
+            peer_port: b.port,
+            flags: 0,
+            state: if pkt.proto == PROTO_TCP { flow::tcp_initial(l4.tcp_flags) } else { flow::UNREPLIED },
+            nat_addr: 0,
+            nat_port: 0,
+            _pad2: [0; 2],
+            hop_ifindex: 0,
+            hop_dmac: [0; 6],
+            hop_smac: [0; 6],
+            seq: l4.seq,
+            _pad3: 0,
+        }
+    };
+
+    // Source NAT: from the node's address when masqueraded, else from the client's own
+    // address (only if its tuple clashes with another flow's). The client's port is kept
+    // when the post-NAT tuple is free.
+    let masquerade = (decision.masquerade || policy::hairpin(pkt.saddr, b.addr)) && cfg.snat_addr != 0;
+    let nat_addr = if masquerade { cfg.snat_addr } else { pkt.saddr };
+    let on_node = masquerade || source == Source::Host;
+    let r = Reservation { pkt, l4, b: &b, key, cfg, nat_addr, on_node, now };
+    if !reserve(f, &r) {
+        st.inc(Counter::DropNoSnatPort);
+        return Verdict::Drop;
+    }
+    // SAFETY: the scratch value, written by the reservation.
+    let entry = unsafe { &*entry };
+    if masquerade {
+        st.inc(Counter::Masqueraded);
+    } else if entry.flags & ct_flags::SNAT != 0 {
+        st.inc(Counter::PortRemapped);
+    }
+
+    // The forward half last: once it exists, replies find theirs.
+    let mut to = Dnat {
+        backend_addr: entry.peer_addr,
+        backend_port: entry.peer_port,
+        snat: (entry.flags & ct_flags::SNAT != 0).then_some((entry.nat_addr, entry.nat_port)),
+    };
+    match conntrack::claim(key, entry, key, false, now) {
+        Claim::Won => {}
+        Claim::Same(e) => {
+            // Another CPU created this connection at the same time: one backend, one NAT —
+            // its. Our reservation goes if it is not the one it uses.
+            // SAFETY: a map value pointer, read in place.
+            let theirs = unsafe { &*e };
+            // SAFETY: the scratch value (the reservation's key).
+            let ours = unsafe { &(*scratch).search.out };
+            if flow::partner_key(key, theirs) != *ours {
+                let _ = crate::maps::LB_CT.remove(ours);
+            }
+            to = Dnat {
+                backend_addr: theirs.peer_addr,
+                backend_port: theirs.peer_port,
+                snat: (theirs.flags & ct_flags::SNAT != 0).then_some((theirs.nat_addr, theirs.nat_port)),
+            };
+        }
+        Claim::Taken => st.inc(Counter::CtInsertFailed),
     }
     st.inc(Counter::NewFlows);
-    let to = Dnat { backend_addr: b.addr, backend_port: b.port, snat };
     // The next hop is cached from the flow's second packet on.
     translate(f, st, out, pkt, l4, to, Hop::UNKNOWN)
 }
@@ -220,40 +303,201 @@ fn choose(st: &Stats, pkt: &Ipv4Packet, l4: &L4, svc: &ServiceValue, table: u32,
     Some((id, b))
 }
 
-/// Reserves a masquerade source port: the reply entry keyed by the post-NAT tuple is inserted
-/// only if no live flow holds that tuple. Returns the port (map representation).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn reserve_snat_port(
-    pkt: &Ipv4Packet,
-    l4: &L4,
-    b: &Backend,
-    entry: &CtEntry,
-    snat_addr: u32,
-    min: u16,
-    max: u16,
+/// What [`reserve`] needs to know about a new flow (one stack argument: a BPF call takes
+/// at most five).
+struct Reservation<'a> {
+    pkt: &'a Ipv4Packet,
+    l4: &'a L4,
+    b: &'a Backend,
+    key: &'a CtKey,
+    cfg: &'a Config,
+    nat_addr: u32,
+    on_node: bool,
     now: u64,
-) -> Option<u16> {
-    let mut reply = reply_entry(entry, pkt, l4);
-    reply.flags |= ct_flags::SNAT;
-    reply.nat_addr = pkt.saddr;
-    reply.nat_port = l4.sport;
-    let hash = flow_hash(pkt.saddr, b.addr, l4.sport, b.port, pkt.proto);
-    for attempt in 0..SNAT_TRIES {
-        let port = port_to_map(snat_port_candidate(hash, attempt, min, max));
-        let key = CtKey::new(b.addr, snat_addr, b.port, port, pkt.proto, ct_dir::REPLY);
-        if conntrack::insert_new(&key, &reply, now) {
-            return Some(port);
-        }
-    }
-    None
 }
 
-/// The reply entry of a new flow whose forward entry is `forward`: the frontend the client
-/// addressed, to restore as the source of replies.
+/// Reserves the new flow's post-NAT tuple (backend ← `nat_addr`:port) by inserting its reply
+/// half, sets the forward entry's source NAT accordingly (both entries are in `LB_SCRATCH`)
+/// and writes the reply half's key to `out`. The client's port is tried first (kept unless it
+/// is in the node's ephemeral range and `nat_addr` is the node's); then up to `SNAT_TRIES`
+/// ports of the configured range outside the node's ephemeral range ([`try_port`], run by
+/// `bpf_loop`: the verifier checks its body once, not once per port). On the node's address a
+/// port a local socket holds for the tuple (`bpf_sk_lookup_*`: a connection to the backend,
+/// or a listener) is skipped. A closed TCP connection's tuple is taken over by a SYN. False
+/// if every candidate was taken.
 #[inline(always)]
-fn reply_entry(forward: &CtEntry, pkt: &Ipv4Packet, l4: &L4) -> CtEntry {
-    CtEntry { peer_addr: pkt.daddr, peer_port: l4.dport, ..*forward }
+fn reserve<F: Frame>(f: &F, r: &Reservation) -> bool {
+    let (pkt, l4, b, cfg) = (r.pkt, r.l4, r.b, r.cfg);
+    let Some(sc) = crate::maps::LB_SCRATCH.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's scratch value (see `new_flow`); reached through the raw pointer only
+    // (the callback writes it during bpf_loop).
+    unsafe {
+        let state = (*sc).forward.state;
+        (*sc).search = PortSearch {
+            key: *r.key,
+            out: CtKey::new(0, 0, 0, 0, 0, 0),
+            now: r.now,
+            hash: flow_hash(pkt.saddr, b.addr, l4.sport, b.port, pkt.proto),
+            nat_addr: r.nat_addr,
+            client_addr: pkt.saddr,
+            backend_addr: b.addr,
+            backend_port: b.port,
+            client_port: l4.sport,
+            ports: [cfg.snat_port_min, cfg.snat_port_max, cfg.local_port_min, cfg.local_port_max],
+            next: 0,
+            port: l4.sport,
+            proto: pkt.proto,
+            syn: (pkt.proto == PROTO_TCP && state == flow::tcp::SYN_SENT) as u8,
+            result: SEARCH_NONE,
+            _pad: 0,
+            seq: l4.seq,
+        };
+    }
+    let keep = !r.on_node || flow::may_keep_port(port_from_map(l4.sport), cfg.local_port_min, cfg.local_port_max);
+    if keep && !(r.on_node && socket_holds(f, pkt.proto, b, r.nat_addr, l4.sport)) {
+        try_candidate(l4.sport);
+    }
+    // Rounds: a port a local socket holds sends the search on from the next port.
+    for _ in 0..SOCKET_ROUNDS {
+        // SAFETY: as above.
+        let (result, next) = unsafe { ((*sc).search.result, (*sc).search.next) };
+        if result == SEARCH_NONE {
+            // SAFETY: a callback of the bpf_loop signature; it finds its state in LB_SCRATCH.
+            unsafe { bpf_loop(SNAT_TRIES.saturating_sub(next), try_port as *mut _, core::ptr::null_mut(), 0) };
+        }
+        // SAFETY: as above.
+        let (result, port) = unsafe { ((*sc).search.result, (*sc).search.port) };
+        if result == SEARCH_NONE {
+            return false;
+        }
+        if !(r.on_node && socket_holds(f, pkt.proto, b, r.nat_addr, port)) {
+            break;
+        }
+        if result == SEARCH_WON {
+            // SAFETY: as above.
+            let _ = crate::maps::LB_CT.remove(unsafe { &(*sc).search.out });
+        }
+        // SAFETY: as above.
+        unsafe { (*sc).search.result = SEARCH_NONE };
+    }
+    // SAFETY: as above.
+    let s = unsafe { &(*sc).search };
+    match s.result {
+        SEARCH_WON => true,
+        // The candidate's holder expired, is closed (a SYN takes its tuple over) or is this
+        // very connection (created by another CPU at the same time).
+        // SAFETY: as above.
+        SEARCH_SETTLE => !matches!(conntrack::claim(&s.out, unsafe { &(*sc).reply }, r.key, s.syn != 0, r.now), Claim::Taken),
+        _ => false,
+    }
+}
+
+/// How many ports of the source NAT range a new flow tries after the client's own.
+const SNAT_TRIES: u32 = 64;
+/// How many times a port held by a local socket restarts the search.
+const SOCKET_ROUNDS: u32 = 3;
+
+const SEARCH_NONE: u8 = 0;
+/// The candidate's tuple was free and is ours.
+const SEARCH_WON: u8 = 1;
+/// The candidate's tuple is held by an expired or closed connection, or by this one.
+const SEARCH_SETTLE: u8 = 2;
+
+/// The port search's state (in `LB_SCRATCH`: the `bpf_loop` callback finds it there).
+#[repr(C)]
+pub struct PortSearch {
+    /// The new connection's forward key.
+    key: CtKey,
+    /// The candidate's reply key.
+    pub out: CtKey,
+    now: u64,
+    hash: u32,
+    nat_addr: u32,
+    client_addr: u32,
+    backend_addr: u32,
+    backend_port: u16,
+    client_port: u16,
+    /// Source NAT range, then the excluded ephemeral range (host order).
+    ports: [u16; 4],
+    /// The next attempt.
+    next: u32,
+    /// The candidate (map representation).
+    port: u16,
+    proto: u8,
+    syn: u8,
+    result: u8,
+    _pad: u8,
+    seq: u32,
+}
+
+/// One attempt of the port search (a `bpf_loop` callback): 1 stops the loop.
+#[inline(never)]
+extern "C" fn try_port(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(sc) = crate::maps::LB_SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's scratch value (see `reserve`).
+    let port = unsafe {
+        let s = &mut (*sc).search;
+        let attempt = s.next;
+        s.next += 1;
+        let [min, max, ex_min, ex_max] = s.ports;
+        port_to_map(flow::snat_port_candidate(s.hash, attempt, min, max, ex_min, ex_max))
+    };
+    (try_candidate(port) != SEARCH_NONE) as i64
+}
+
+/// Tries one port: writes the candidate's entries and key into `LB_SCRATCH` and inserts the
+/// reply half if the tuple is free.
+#[inline(always)]
+fn try_candidate(port: u16) -> u8 {
+    let Some(sc) = crate::maps::LB_SCRATCH.get_ptr_mut(0) else { return SEARCH_NONE };
+    // SAFETY: this CPU's scratch value (see `reserve`).
+    let (s, entry, reply) = unsafe { (&mut (*sc).search, &mut (*sc).forward, &mut (*sc).reply) };
+    s.port = port;
+    let translated = s.nat_addr != s.client_addr || port != s.client_port;
+    entry.flags = if translated { ct_flags::SNAT } else { 0 };
+    entry.nat_addr = if translated { s.nat_addr } else { 0 };
+    entry.nat_port = if translated { port } else { 0 };
+    s.out = CtKey::new(s.backend_addr, s.nat_addr, s.backend_port, port, s.proto, ct_dir::REPLY);
+    *reply = flow::partner_entry(&s.key, entry);
+    // An RST answering the SYN must acknowledge it.
+    reply.seq = if s.syn != 0 { s.seq.wrapping_add(1) } else { 0 };
+    s.result = if conntrack::insert_new(&s.out, reply) {
+        SEARCH_WON
+    } else if conntrack::holder_keeps(&s.out, &s.key, s.syn != 0, s.now) {
+        SEARCH_NONE
+    } else {
+        SEARCH_SETTLE
+    };
+    s.result
+}
+
+/// Whether a socket of this node would receive the backend's replies to `nat_addr:port`
+/// (a connection to the backend from that port, or a listener on it): the tuple is not
+/// ours to take. Only TCP and UDP have socket lookups; SCTP is not checked.
+#[inline(always)]
+fn socket_holds<F: Frame>(f: &F, proto: u8, b: &Backend, nat_addr: u32, port: u16) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 { saddr: b.addr, daddr: nat_addr, sport: b.port, dport: port },
+        },
+    };
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: the program's own context and a stack tuple of the size given; a socket found
+    // is released before anything else happens.
+    let sk = unsafe {
+        match proto {
+            PROTO_TCP => bpf_sk_lookup_tcp(f.as_ptr(), &mut tuple, size, netns, 0),
+            PROTO_UDP => bpf_sk_lookup_udp(f.as_ptr(), &mut tuple, size, netns, 0),
+            _ => return false,
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket reference from the lookup above.
+    unsafe { bpf_sk_release(sk as *mut _) };
+    true
 }
 
 /// A backend keeps its established flows while it is in the service port's endpoint list,
@@ -306,19 +550,23 @@ pub fn log_rewrite_failed<F: Frame>(f: &F, proto: u8) {
     warn!(f, "lb: rewrite failed (proto {}), packet dropped", proto);
 }
 
-/// Backend → client: restore the frontend as the source (and a masqueraded client as the
+/// Backend → client: restore the frontend as the source (and a source-NATed client as the
 /// destination).
-#[inline(always)]
+#[inline(never)]
 fn reply<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet, l4: &L4) -> Verdict {
     let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::REPLY);
     let now = conntrack::now();
     let Some(e) = conntrack::lookup(&key, now) else { return Verdict::Pass };
-    // SAFETY: a map value pointer; the fields are copied out.
-    let entry = unsafe { *e };
+    // SAFETY: a map value pointer, read in place (valid for the program's run).
+    let entry = unsafe { &*e };
+    if pkt.proto == PROTO_TCP && l4.tcp_flags & flow::TCP_RST != 0 && !conntrack::rst_believed(entry, Dir::Reply, l4) {
+        st.inc(Counter::DropTcpInvalid);
+        return Verdict::Drop;
+    }
     let daddr = if entry.flags & ct_flags::SNAT != 0 { entry.nat_addr } else { pkt.daddr };
     let addrs = Fwd { saddr: entry.peer_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len, hop: Hop::UNKNOWN };
-    let hop = fwd::flow_hop(f, e, conntrack::refresh_due(&entry, now), &addrs);
-    conntrack::touch(e, now, l4.tcp_flags);
+    let hop = fwd::flow_hop(f, e, conntrack::refresh_due(entry, now), &addrs);
+    conntrack::on_packet(st, e, &key, Dir::Reply, l4, now);
     if nat::rewrite(f, pkt, Side::Src, pkt.saddr, l4.sport, entry.peer_addr, entry.peer_port).is_err() {
         return rewrite_failed(st);
     }
@@ -344,7 +592,9 @@ pub fn kernel_can_reject<F: Frame>(f: &F) -> bool {
 }
 
 /// Rewrites the frame into the REJECT reply; false (drop it) if that is impossible.
-#[inline(always)]
+/// (A separate BPF function: the reply it builds does not share a stack frame with the
+/// new-flow path's.)
+#[inline(never)]
 pub fn build_reject<F: Frame>(f: &F, swap_macs: bool) -> bool {
     let Parsed::Ipv4(pkt) = parse::parse(f) else { return false };
     reject::build(f, &pkt, swap_macs).is_ok()

@@ -56,8 +56,8 @@ pub fn lb_pod_ingress(ctx: TcContext) -> i32 {
     let mut to = Fwd::EMPTY;
     match lb::process(&ctx, &st, &mut to) {
         Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Translated => fwd::tc(&ctx, &st, to, TcHook::Ingress, Origin::Forwarded),
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Translated => fwd::tc(&ctx, &st, &to, TcHook::Ingress, Origin::Forwarded),
+        Verdict::Drop | Verdict::NewFlow => TC_ACT_SHOT as i32,
         Verdict::RewriteFailed => {
             lb::log_rewrite_failed(&ctx, to.proto);
             TC_ACT_SHOT as i32
@@ -87,8 +87,8 @@ pub fn lb_host_egress(ctx: TcContext) -> i32 {
     let mut to = Fwd::EMPTY;
     match lb::process(&ctx, &st, &mut to) {
         Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Translated => fwd::tc(&ctx, &st, to, TcHook::Egress, Origin::Local),
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Translated => fwd::tc(&ctx, &st, &to, TcHook::Egress, Origin::Local),
+        Verdict::Drop | Verdict::NewFlow => TC_ACT_SHOT as i32,
         Verdict::RewriteFailed => {
             lb::log_rewrite_failed(&ctx, to.proto);
             TC_ACT_SHOT as i32
@@ -112,8 +112,8 @@ pub fn lb_uplink(ctx: XdpContext) -> u32 {
     let mut to = Fwd::EMPTY;
     match lb::process(&ctx, &st, &mut to) {
         Verdict::Pass => XDP_PASS,
-        Verdict::Translated => fwd::xdp(&ctx, &st, to),
-        Verdict::Drop => XDP_DROP,
+        Verdict::Translated => fwd::xdp(&ctx, &st, &to),
+        Verdict::Drop | Verdict::NewFlow => XDP_DROP,
         Verdict::RewriteFailed => {
             lb::log_rewrite_failed(&ctx, to.proto);
             XDP_DROP
@@ -141,7 +141,7 @@ pub fn lb_uplink_deliver(ctx: TcContext) -> i32 {
     };
     let Some(to) = lb::addresses(&ctx) else { return TC_ACT_OK as i32 };
     let st = Stats::get();
-    fwd::tc(&ctx, &st, to, TcHook::Ingress, origin)
+    fwd::tc(&ctx, &st, &to, TcHook::Ingress, origin)
 }
 
 #[cfg(not(test))]

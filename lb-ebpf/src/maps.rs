@@ -26,6 +26,18 @@ pub static LB_MAGLEV: ArrayOfMaps<Array<[u32; 2], 1, 4096>, 131072> = ArrayOfMap
 #[btf_map]
 pub static LB_CT: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
 
+/// Scratch space for a new flow's two entries (the stack is too small for them).
+#[btf_map]
+pub static LB_SCRATCH: PerCpuArray<NewFlow, 1> = PerCpuArray::new();
+
+/// [`LB_SCRATCH`]'s value.
+#[repr(C)]
+pub struct NewFlow {
+    pub forward: CtEntry,
+    pub reply: CtEntry,
+    pub search: crate::lb::PortSearch,
+}
+
 /// sessionAffinity ClientIP state: (client, service port) → endpoint and last use.
 #[btf_map]
 pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, 65536> = LruHashMap::new();

@@ -75,11 +75,21 @@ pub fn rewrite<F: Frame>(
 }
 
 /// Updates the SCTP CRC32c for a port that changes at `offset` in the SCTP packet.
+///
+/// A zero CRC field is left alone: a locally generated SCTP packet whose CRC is offloaded
+/// (CHECKSUM_PARTIAL with `csum_not_inet`: veth, NICs with SCTP CRC offload) carries 0 there
+/// until the device or `skb_crc32c_csum_help` computes it over the packet as it leaves, our
+/// rewrite included; an incremental update would turn the 0 into a wrong value. (A packet
+/// whose real CRC is 0, one in 2^32, then goes out with a stale CRC and is dropped by the
+/// receiver like a corrupted one.)
 #[inline(always)]
 fn sctp_port_crc<F: Frame>(f: &F, pkt: &Ipv4Packet, offset: usize, old: u16, new: u16) -> Result<(), RewriteFailed> {
     let crc_off = pkt.l4_off + 8;
     let len = (pkt.tot_len as usize).saturating_sub(pkt.l4_off - ETH_HLEN) as u32;
     let stored: [u8; 4] = load(f, crc_off).ok_or(RewriteFailed)?;
+    if stored == [0; 4] {
+        return Ok(());
+    }
     let delta = crc32c::two_byte_change(offset as u32, old.to_ne_bytes(), new.to_ne_bytes(), len);
     let updated = u32::from_le_bytes(stored) ^ delta;
     store(f, crc_off, updated.to_le_bytes()).map_err(|_| RewriteFailed)

@@ -5,7 +5,7 @@
 //! - IPv4 with a bad version or IHL < 5, or shorter than its header: [`Parsed::Other`], passed
 //!   untouched (the kernel's IP stack drops it);
 //! - IP options (IHL > 5): parsed, the L4 header is found after them;
-//! - fragments and truncated L4 headers: `l4` is `None`; the caller drops them if they are
+//! - fragments and truncated L4 headers: `has_l4` is false; the caller drops them if they are
 //!   addressed to a service address (they could not be translated consistently) and passes
 //!   them otherwise.
 
@@ -30,16 +30,16 @@ struct Ipv4Hdr {
     daddr: u32,
 }
 
-/// Ports and, for TCP, the flags byte.
+/// Ports and, for TCP, the flags byte and the sequence and acknowledgment numbers (host
+/// order; 0 for other protocols).
 #[derive(Clone, Copy)]
 pub struct L4 {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
 }
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_RST: u8 = 0x04;
 
 #[derive(Clone, Copy)]
 pub struct Ipv4Packet {
@@ -50,8 +50,16 @@ pub struct Ipv4Packet {
     pub proto: u8,
     /// Offset of the L4 header (after IP options).
     pub l4_off: usize,
-    /// `None` for fragments, truncated L4 headers and protocols without ports.
-    pub l4: Option<L4>,
+    /// The ports (and TCP fields); all zero unless `has_l4`. Not an `Option`: LLVM fills an
+    /// absent payload with whatever a register holds, and the verifier rejects a pointer
+    /// stored as a port.
+    pub l4: L4,
+    /// False for fragments, truncated L4 headers and protocols without ports.
+    pub has_l4: bool,
+}
+
+impl L4 {
+    pub const NONE: L4 = L4 { sport: 0, dport: 0, tcp_flags: 0, seq: 0, ack: 0 };
 }
 
 pub enum Parsed {
@@ -90,8 +98,15 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     }
     let l4_off = ETH_HLEN + ihl * 4;
     let fragment = u16::from_be(ip.frag_off) & 0x3fff != 0;
-    let mut pkt =
-        Ipv4Packet { tot_len: u16::from_be(ip.tot_len), saddr: ip.saddr, daddr: ip.daddr, proto: ip.proto, l4_off, l4: None };
+    let mut pkt = Ipv4Packet {
+        tot_len: u16::from_be(ip.tot_len),
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.proto,
+        l4_off,
+        l4: L4::NONE,
+        has_l4: false,
+    };
     let l4_len = match pkt.proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
@@ -108,23 +123,33 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
     if fragment {
         return Parsed::Ipv4(pkt);
     }
-    pkt.l4 = match pkt.proto {
+    let l4 = match pkt.proto {
         PROTO_TCP => ptr_at::<F, [u8; 20]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
-            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: h[13] }
+            L4 {
+                sport: u16::from_ne_bytes([h[0], h[1]]),
+                dport: u16::from_ne_bytes([h[2], h[3]]),
+                tcp_flags: h[13],
+                seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            }
         }),
         PROTO_UDP => ptr_at::<F, [u8; 8]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
-            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0 }
+            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0, seq: 0, ack: 0 }
         }),
         PROTO_SCTP => ptr_at::<F, [u8; 12]>(ctx, l4_off).map(|h| {
             // SAFETY: ptr_at checked the bounds.
             let h = unsafe { &*h };
-            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0 }
+            L4 { sport: u16::from_ne_bytes([h[0], h[1]]), dport: u16::from_ne_bytes([h[2], h[3]]), tcp_flags: 0, seq: 0, ack: 0 }
         }),
         _ => None,
     };
+    if let Some(l4) = l4 {
+        pkt.l4 = l4;
+        pkt.has_l4 = true;
+    }
     Parsed::Ipv4(pkt)
 }

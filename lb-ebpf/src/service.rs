@@ -19,9 +19,11 @@ pub fn is_service_addr(addr: u32) -> bool {
     unsafe { LB_SERVICES.get(&ServiceKey::marker(addr)).is_some() }
 }
 
+/// The agent's configuration, read in place (an array's element 0 always exists; `None` is
+/// only a type-level possibility).
 #[inline(always)]
-pub fn config() -> Config {
-    LB_CONFIG.get(0).copied().unwrap_or(Config::DEFAULT)
+pub fn config() -> Option<&'static Config> {
+    LB_CONFIG.get(0)
 }
 
 /// What the source of a new connection is, for the policy decision: a pod (inside the

@@ -40,6 +40,90 @@ pub struct ProxyFlags {
     pub node_ip: Vec<Ipv4Addr>,
 }
 
+/// Flow-state flags: kube-proxy's conntrack timeouts and the source NAT port range.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FlowFlags {
+    /// Idle timeout of established TCP connections (kube-proxy's flag).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_established: std::time::Duration,
+
+    /// Idle timeout of TCP connections in CLOSE_WAIT (kube-proxy's flag). The other TCP
+    /// states keep netfilter's defaults (SYN_SENT 120 s, SYN_RECV 60 s, FIN_WAIT 120 s,
+    /// LAST_ACK 30 s, TIME_WAIT 120 s, CLOSE 10 s).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: std::time::Duration,
+
+    /// Idle timeout of UDP flows that have not seen a reply (kube-proxy's flag; netfilter's
+    /// default).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub conntrack_udp_timeout: std::time::Duration,
+
+    /// Idle timeout of UDP flows once a reply was seen (kube-proxy's flag; netfilter's
+    /// default).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub conntrack_udp_timeout_stream: std::time::Duration,
+
+    /// Source ports a source NAT may use when the client's own port cannot be kept, `MIN-MAX`.
+    /// The node's ephemeral range (`net.ipv4.ip_local_port_range`, read at start) is always
+    /// left out: the node's own sockets take ports from it at any time.
+    #[arg(long, default_value = "1024-65535", value_parser = parse_port_range)]
+    pub masquerade_port_range: (u16, u16),
+}
+
+impl Default for FlowFlags {
+    fn default() -> FlowFlags {
+        let d = lb_common::Config::DEFAULT;
+        let t = |i: lb_common::TimeoutIndex| std::time::Duration::from_secs(d.timeouts[i as usize] as u64);
+        FlowFlags {
+            conntrack_tcp_timeout_established: t(lb_common::TimeoutIndex::TcpEstablished),
+            conntrack_tcp_timeout_close_wait: t(lb_common::TimeoutIndex::TcpCloseWait),
+            conntrack_udp_timeout: t(lb_common::TimeoutIndex::Udp),
+            conntrack_udp_timeout_stream: t(lb_common::TimeoutIndex::UdpStream),
+            masquerade_port_range: (d.snat_port_min, d.snat_port_max),
+        }
+    }
+}
+
+impl FlowFlags {
+    /// The datapath configuration these flags give on a node whose ephemeral port range is
+    /// `local_ports` (flags, addresses: filled in by the writer).
+    pub fn datapath_config(&self, local_ports: (u16, u16)) -> lb_common::Config {
+        use lb_common::TimeoutIndex as T;
+        let secs = |d: std::time::Duration| d.as_secs().clamp(1, u32::MAX as u64) as u32;
+        let mut c = lb_common::Config::DEFAULT;
+        c.timeouts[T::TcpEstablished as usize] = secs(self.conntrack_tcp_timeout_established);
+        c.timeouts[T::TcpCloseWait as usize] = secs(self.conntrack_tcp_timeout_close_wait);
+        c.timeouts[T::Udp as usize] = secs(self.conntrack_udp_timeout);
+        c.timeouts[T::UdpStream as usize] = secs(self.conntrack_udp_timeout_stream);
+        (c.snat_port_min, c.snat_port_max) = self.masquerade_port_range;
+        (c.local_port_min, c.local_port_max) = local_ports;
+        c
+    }
+}
+
+/// `MIN-MAX` (inclusive, 1–65535, MIN ≤ MAX).
+pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s.split_once('-').ok_or_else(|| anyhow::anyhow!("{s:?}: expected MIN-MAX"))?;
+    let a: u16 = a.trim().parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    if a == 0 || a > b {
+        bail!("{s:?}: expected 1 <= MIN <= MAX <= 65535");
+    }
+    Ok((a, b))
+}
+
+/// This network namespace's ephemeral port range (`net.ipv4.ip_local_port_range`); Linux's
+/// default if it cannot be read.
+pub fn local_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|w| w.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((lb_common::Config::DEFAULT.local_port_min, lb_common::Config::DEFAULT.local_port_max))
+}
+
 /// What `--nodeport-addresses` asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodePortAddresses {
@@ -123,6 +207,52 @@ pub fn node_object_ip(node: &k8s_openapi::api::core::v1::Node) -> Option<Ipv4Add
         addrs.iter().filter(|a| t.is_none_or(|t| a.type_ == t)).find_map(|a| a.address.parse::<Ipv4Addr>().ok())
     };
     v4(Some("InternalIP")).or_else(|| v4(None))
+}
+
+#[cfg(test)]
+mod flow_flag_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flow: FlowFlags,
+    }
+
+    #[test]
+    fn defaults_are_kube_proxys_and_netfilters() {
+        let cli = Cli::parse_from(["x"]);
+        let c = cli.flow.datapath_config((32_768, 60_999));
+        assert_eq!(c.timeouts, lb_common::Config::DEFAULT.timeouts);
+        assert_eq!((c.snat_port_min, c.snat_port_max, c.local_port_min, c.local_port_max), (1024, 65_535, 32_768, 60_999));
+        assert_eq!(FlowFlags::default().datapath_config((32_768, 60_999)), c);
+    }
+
+    #[test]
+    fn flags_set_their_timeouts_and_the_range() {
+        use lb_common::TimeoutIndex as T;
+        let cli = Cli::parse_from([
+            "x",
+            "--conntrack-tcp-timeout-established=2h",
+            "--conntrack-tcp-timeout-close-wait=30s",
+            "--conntrack-udp-timeout=5s",
+            "--conntrack-udp-timeout-stream=1m",
+            "--masquerade-port-range=20000-29999",
+        ]);
+        let c = cli.flow.datapath_config((40_000, 50_000));
+        assert_eq!(c.timeouts[T::TcpEstablished as usize], 7200);
+        assert_eq!(c.timeouts[T::TcpCloseWait as usize], 30);
+        assert_eq!(c.timeouts[T::Udp as usize], 5);
+        assert_eq!(c.timeouts[T::UdpStream as usize], 60);
+        assert_eq!(c.timeouts[T::TcpTimeWait as usize], 120, "netfilter's, not a flag");
+        assert_eq!((c.snat_port_min, c.snat_port_max, c.local_port_min, c.local_port_max), (20_000, 29_999, 40_000, 50_000));
+        for bad in ["", "5", "0-10", "10-5", "1-70000", "a-b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad:?}");
+        }
+        let (lo, hi) = local_port_range();
+        assert!(lo <= hi);
+    }
 }
 
 #[cfg(test)]

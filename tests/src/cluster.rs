@@ -107,7 +107,23 @@ impl Firewall {
         match self {
             Firewall::Iptables => {
                 for chain in ["INPUT", "FORWARD", "OUTPUT"] {
-                    run("ip", &["netns", "exec", netns, "iptables", "-A", chain, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])?;
+                    run(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            netns,
+                            "iptables",
+                            "-A",
+                            chain,
+                            "-m",
+                            "conntrack",
+                            "--ctstate",
+                            "INVALID",
+                            "-j",
+                            "DROP",
+                        ],
+                    )?;
                 }
             }
             Firewall::Nftables => {
@@ -136,9 +152,13 @@ impl Firewall {
         for line in out.lines().filter(|l| l.contains(marker)) {
             let n = match self {
                 // iptables-save -c: "[PACKETS:BYTES] -A CHAIN ..."
-                Firewall::Iptables => line.trim().strip_prefix('[').and_then(|r| r.split(':').next()).and_then(|n| n.parse::<u64>().ok()),
+                Firewall::Iptables => {
+                    line.trim().strip_prefix('[').and_then(|r| r.split(':').next()).and_then(|n| n.parse::<u64>().ok())
+                }
                 // nft: "ct state invalid counter packets N bytes M drop"
-                Firewall::Nftables => line.split("packets ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()),
+                Firewall::Nftables => {
+                    line.split("packets ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok())
+                }
             };
             total += n.with_context(|| format!("reading the counter of {line:?}"))?;
         }

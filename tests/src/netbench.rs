@@ -443,7 +443,8 @@ fn bulk_throughput(t: &NetTopo, dst: SocketAddr, streams: usize, secs: f64) -> R
     let (busy1, _) = cpu_jiffies()?;
     let _ = server.kill();
     let _ = server.wait();
-    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3 to {dst}: {e}");
     }

@@ -383,10 +383,13 @@ fn keep_datapath_leaves_traffic_flowing_and_cleanup_removes_it() {
     // The agents let the pod interfaces accept node-address sources (fallback paths).
     let host_if = env.topo.pods[0].host_if.clone();
     let accept_local = || {
-        lb_tests::netns::run("ip", &["netns", "exec", &env.topo.node_netns, "cat", &format!("/proc/sys/net/ipv4/conf/{host_if}/accept_local")])
-            .unwrap()
-            .trim()
-            .to_string()
+        lb_tests::netns::run(
+            "ip",
+            &["netns", "exec", &env.topo.node_netns, "cat", &format!("/proc/sys/net/ipv4/conf/{host_if}/accept_local")],
+        )
+        .unwrap()
+        .trim()
+        .to_string()
     };
     assert_eq!(accept_local(), "1");
 

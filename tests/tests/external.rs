@@ -21,8 +21,8 @@ use std::{
 };
 
 use lb_tests::{
-    client::{http_get, tcp_probe, udp_probe},
     bulk,
+    client::{http_get, tcp_probe, udp_probe},
     cluster::{Cluster, Firewall, NodeSpec, Options, CLIENT_IP},
     privileges::require_root,
     topo::PodSpec,

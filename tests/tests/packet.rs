@@ -17,7 +17,7 @@ use lb_common::{
 };
 mod common;
 
-use common::{counter, run_tc, tcp};
+use common::{counter, run_tc, tcp, tcp_seg};
 use lb_tests::privileges::require_root;
 use lb_userspace::{
     dataplane::{attach::load_pod_program, load_object, names, writer::Writer, Capacity, MapSet},
@@ -57,6 +57,28 @@ spec:
   clusterIP: 10.96.0.20
   ports:
   - {{name: http, port: 80, protocol: TCP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{namespace: ns, name: alias}}
+spec:
+  clusterIP: 10.96.0.30
+  ports:
+  - {{name: http, port: 8080, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  namespace: ns
+  name: alias-1
+  labels: {{kubernetes.io/service-name: alias}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+endpoints:
+- addresses: [10.244.1.11]
+  conditions: {{ready: true}}
+  nodeName: node1
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -488,4 +510,184 @@ fn service_without_endpoints_rejects_new_connections_with_icmp_port_unreachable(
     let (rc, out) = h.run(&udp(CLIENT, 1001, empty, 80));
     assert_eq!(rc, TC_ACT_OK);
     assert_eq!(summarize(&out).unwrap().dst, empty);
+}
+
+const ALIAS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+impl Harness {
+    /// The state of both halves of the flow client:sport → frontend (forward key), as names.
+    fn states(&self, sport: u16, frontend: Ipv4Addr, fport: u16, proto: u8) -> (String, String) {
+        let ct = self.ct();
+        let key = CtKey::new(
+            ip_to_map(CLIENT.octets()),
+            ip_to_map(frontend.octets()),
+            port_to_map(sport),
+            port_to_map(fport),
+            proto,
+            0,
+        );
+        let fwd = ct.get(&key, 0).expect("forward half");
+        let reply = ct.get(&lb_common::flow::partner_key(&key, &fwd), 0).expect("reply half");
+        (lb_common::flow::state_name(proto, fwd.state).into(), lb_common::flow::state_name(proto, reply.state).into())
+    }
+
+    /// Sends a segment client → VIP:80 and returns the translated summary.
+    fn client(&mut self, sport: u16, flags: u8, seq: u32, ack: u32) -> (u32, Option<packet::FrameSummary>) {
+        let (rc, out) = self.run(&tcp_seg(CLIENT, sport, VIP, 80, flags, seq, ack));
+        (rc, summarize(&out).ok())
+    }
+
+    /// Sends a segment backend:8080 → client:sport.
+    fn backend(&mut self, backend: Ipv4Addr, sport: u16, flags: u8, seq: u32, ack: u32) -> (u32, Option<packet::FrameSummary>) {
+        let (rc, out) = self.run(&tcp_seg(backend, 8080, CLIENT, sport, flags, seq, ack));
+        (rc, summarize(&out).ok())
+    }
+}
+
+/// netfilter's TCP states, both halves together, through a whole connection; then a SYN on
+/// the closed tuple starts a new connection.
+#[test]
+fn tcp_states_follow_netfilter_and_a_syn_reopens_a_closed_tuple() {
+    if !require_root("tcp_states_follow_netfilter_and_a_syn_reopens_a_closed_tuple") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let sport = 41_000;
+    let (rc, s) = h.client(sport, SYN, 1000, 0);
+    assert_eq!(rc, TC_ACT_OK);
+    let s = s.unwrap();
+    assert!(s.l4_checksum_ok);
+    let backend = s.dst;
+    let st = |h: &Harness| h.states(sport, VIP, 80, 6);
+    assert_eq!(st(&h), ("SYN_SENT".into(), "SYN_SENT".into()));
+    let steps: [(bool, u8, u32, u32, &str); 7] = [
+        (false, SYN | ACK, 5000, 1001, "SYN_RECV"),
+        (true, ACK, 1001, 5001, "ESTABLISHED"),
+        (true, FIN | ACK, 1001, 5001, "FIN_WAIT"),
+        (false, ACK, 5001, 1002, "CLOSE_WAIT"),
+        (false, FIN | ACK, 5001, 1002, "LAST_ACK"),
+        (true, ACK, 1002, 5002, "TIME_WAIT"),
+        (true, ACK, 1002, 5002, "TIME_WAIT"),
+    ];
+    for (from_client, flags, seq, ack, want) in steps {
+        let (rc, out) = if from_client { h.client(sport, flags, seq, ack) } else { h.backend(backend, sport, flags, seq, ack) };
+        assert_eq!(rc, TC_ACT_OK, "{want}");
+        let out = out.unwrap();
+        assert!(out.ip_checksum_ok && out.l4_checksum_ok, "{want}");
+        if from_client {
+            assert_eq!((out.dst, out.dport), (backend, 8080));
+        } else {
+            assert_eq!((out.src, out.sport, out.dst, out.dport), (VIP, 80, CLIENT, sport));
+        }
+        assert_eq!(st(&h), (want.to_string(), want.to_string()), "after flags {flags:#x}");
+    }
+    assert_eq!(h.counter(Counter::NewFlows), 1);
+    // The client reuses its port: a new connection (fresh backend choice, fresh state).
+    let (rc, _) = h.client(sport, SYN, 90_000, 0);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(h.counter(Counter::Reopened), 1);
+    assert_eq!(h.counter(Counter::NewFlows), 2);
+    assert_eq!(st(&h), ("SYN_SENT".into(), "SYN_SENT".into()));
+    // A SYN in the middle of a live connection is not a new one.
+    let (rc, _) = h.client(sport, SYN, 90_000, 0);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(h.counter(Counter::NewFlows), 2);
+}
+
+/// An RST is believed only when it belongs to the flow; one without a flow is dropped.
+#[test]
+fn rst_must_belong_to_its_flow() {
+    if !require_root("rst_must_belong_to_its_flow") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let (rc, _) = h.client(42_000, RST, 7, 0);
+    assert_eq!(rc, TC_ACT_SHOT, "an RST without a connection is INVALID");
+    assert_eq!(h.counter(Counter::NewFlows), 0);
+    assert_eq!(h.counter(Counter::DropTcpInvalid), 1);
+
+    let sport = 42_001;
+    let (_, s) = h.client(sport, SYN, 1000, 0);
+    let backend = s.unwrap().dst;
+    // The backend refuses: its RST must acknowledge the SYN (1001).
+    let (rc, _) = h.backend(backend, sport, RST | ACK, 0, 999);
+    assert_eq!(rc, TC_ACT_SHOT, "an RST that does not acknowledge the SYN");
+    assert_eq!(h.states(sport, VIP, 80, 6).0, "SYN_SENT");
+    let (rc, out) = h.backend(backend, sport, RST | ACK, 0, 1001);
+    assert_eq!(rc, TC_ACT_OK);
+    let out = out.unwrap();
+    assert_eq!((out.src, out.sport), (VIP, 80), "the refusal reaches the client");
+    assert_eq!(h.states(sport, VIP, 80, 6), ("CLOSE".into(), "CLOSE".into()));
+
+    // Established: an RST far outside the window is dropped, one in it closes.
+    let sport = 42_002;
+    let (_, s) = h.client(sport, SYN, 1000, 0);
+    let backend = s.unwrap().dst;
+    h.backend(backend, sport, SYN | ACK, 5000, 1001);
+    h.client(sport, ACK, 1001, 5001);
+    let (rc, _) = h.client(sport, RST, 1001u32.wrapping_add(0x8000_0000), 0);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(h.states(sport, VIP, 80, 6).0, "ESTABLISHED");
+    let (rc, _) = h.client(sport, RST, 1001 + 10_000, 0);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(h.states(sport, VIP, 80, 6).0, "CLOSE");
+    assert_eq!(h.counter(Counter::DropTcpInvalid), 3);
+}
+
+/// One backend behind two frontends, the same client port to both: the second connection's
+/// source port is remapped (its post-NAT tuple would be the first's), and each reply carries
+/// its own frontend.
+#[test]
+fn one_backend_behind_two_frontends_remaps_the_clashing_source_port() {
+    if !require_root("one_backend_behind_two_frontends_remaps_the_clashing_source_port") {
+        return;
+    }
+    let one = [("10.244.1.11", true, true, false)];
+    let mut h = Harness::new(&one);
+    let backend: Ipv4Addr = "10.244.1.11".parse().unwrap();
+    let sport = 43_000;
+    let (rc, out) = h.run(&tcp_seg(CLIENT, sport, VIP, 80, SYN, 1, 0));
+    assert_eq!(rc, TC_ACT_OK);
+    let a = summarize(&out).unwrap();
+    assert_eq!((a.src, a.sport, a.dst, a.dport), (CLIENT, sport, backend, 8080), "the first keeps its port");
+    let (rc, out) = h.run(&tcp_seg(CLIENT, sport, ALIAS, 8080, SYN, 1, 0));
+    assert_eq!(rc, TC_ACT_OK);
+    let b = summarize(&out).unwrap();
+    assert!(b.ip_checksum_ok && b.l4_checksum_ok);
+    assert_eq!((b.src, b.dst, b.dport), (CLIENT, backend, 8080));
+    assert_ne!(b.sport, sport, "the clashing connection gets another source port");
+    assert_eq!(h.counter(Counter::PortRemapped), 1);
+    // Replies: each to its own client port, from its own frontend.
+    let (_, out) = h.run(&tcp_seg(backend, 8080, CLIENT, sport, SYN | ACK, 9, 2));
+    let r = summarize(&out).unwrap();
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (VIP, 80, CLIENT, sport));
+    let (_, out) = h.run(&tcp_seg(backend, 8080, CLIENT, b.sport, SYN | ACK, 9, 2));
+    let r = summarize(&out).unwrap();
+    assert!(r.ip_checksum_ok && r.l4_checksum_ok);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (ALIAS, 8080, CLIENT, sport));
+    // And the second connection's later packets keep the remapped port.
+    let (_, out) = h.run(&tcp_seg(CLIENT, sport, ALIAS, 8080, ACK, 2, 10));
+    assert_eq!(summarize(&out).unwrap().sport, b.sport);
+}
+
+/// UDP: unreplied until the first reply (netfilter's 30 s), replied after (120 s), in both
+/// halves.
+#[test]
+fn udp_flows_are_unreplied_until_a_reply() {
+    if !require_root("udp_flows_are_unreplied_until_a_reply") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    let (_, out) = h.run(&udp(CLIENT, 44_000, VIP, 53));
+    let s = summarize(&out).unwrap();
+    assert_eq!(h.states(44_000, VIP, 53, 17), ("UNREPLIED".into(), "UNREPLIED".into()));
+    h.run(&udp(CLIENT, 44_000, VIP, 53));
+    assert_eq!(h.states(44_000, VIP, 53, 17).0, "UNREPLIED", "more requests are not a reply");
+    let (_, back) = h.run(&udp(s.dst, 5353, CLIENT, 44_000));
+    assert_eq!(summarize(&back).unwrap().src, VIP);
+    assert_eq!(h.states(44_000, VIP, 53, 17), ("REPLIED".into(), "REPLIED".into()));
 }

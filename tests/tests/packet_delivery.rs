@@ -6,11 +6,7 @@
 
 use std::{net::Ipv4Addr, process::Command};
 
-use aya::{
-    maps::Array,
-    programs::SchedClassifier,
-    Ebpf,
-};
+use aya::{maps::Array, programs::SchedClassifier, Ebpf};
 use etherparse::{Ethernet2Header, Ipv4Header};
 use lb_common::{iface_flags, iface_slot, xdp_meta, Counter, IfaceEntry, MARK_DELIVERED};
 use lb_tests::privileges::require_root;
@@ -116,11 +112,14 @@ struct Harness {
 }
 
 fn harness() -> Harness {
-    let cap = Capacity { max_frontends: 256, max_service_ports: 16, max_backends: 256, conntrack_entries: 1024, ..Capacity::default() };
+    let cap =
+        Capacity { max_frontends: 256, max_service_ports: 16, max_backends: 256, conntrack_entries: 1024, ..Capacity::default() };
     let mut ebpf = load_object(&cap, None).expect("load object");
     let maps = MapSet::take(&mut ebpf, &cap, None).expect("maps");
     let mut writer = Writer::new(maps, cap.max_table_size, cap.max_service_ports, lb_common::Config::DEFAULT).unwrap();
-    writer.set_node(&NodeNet { nodeport_ips: vec![NODE], local_ips: vec![NODE], snat_ip: Some(NODE), ..NodeNet::default() }).unwrap();
+    writer
+        .set_node(&NodeNet { nodeport_ips: vec![NODE], local_ips: vec![NODE], snat_ip: Some(NODE), ..NodeNet::default() })
+        .unwrap();
     let report = manifests::parse_str(YAML, "test.yaml");
     let node = NodeInfo { name: "node1".into(), labels: Default::default() };
     let (state, errors) = translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());
@@ -277,7 +276,6 @@ fn delivery_falls_back_to_the_stack_only_where_a_redirect_cannot_be_right() {
     assert_eq!(rc, TC_ACT_OK);
     assert_eq!(h.counter(Counter::StackNoRoute), 1);
     ip("route del blackhole 10.244.1.11/32");
-
 }
 
 #[test]

@@ -214,7 +214,9 @@ fn xdp_nodeport_dnat_masquerade_and_reply_restore() {
         assert!(BACKENDS.contains(&s.dst.to_string().as_str()), "{s:?}");
         assert_eq!(s.dport, 8080);
         assert_eq!(s.src, NODE, "masqueraded to the node address");
-        assert!((61_000..=65_535).contains(&s.sport), "masquerade port {} in range", s.sport);
+        // The client's port is in the node's ephemeral range (Linux's default 32768–60999, the
+        // harness's configuration): not kept; a port of the search range outside it.
+        assert!(s.sport >= 1024 && !(32_768..=60_999).contains(&s.sport), "masquerade port {} in range", s.sport);
         assert_eq!(&out[..14], &input[..14], "Ethernet untouched (the kernel routes it)");
         backends.insert(s.dst);
         let fwd = h.ct(EXTERNAL, sport, NODE, 30080, 6, ct_dir::FORWARD).expect("forward entry");
@@ -228,6 +230,12 @@ fn xdp_nodeport_dnat_masquerade_and_reply_restore() {
         assert_eq!((r.src, r.sport, r.dst, r.dport), (NODE, 30080, EXTERNAL, sport), "reply restored");
     }
     assert_eq!(backends.len(), 3, "local and remote backends: {backends:?}");
+
+    // A client port outside the node's ephemeral range is kept when its tuple is free.
+    let input = tcp(EXTERNAL, 62_000, NODE, 30080, true);
+    let (_, out) = h.xdp(&input);
+    let s = assert_valid(&out);
+    assert_eq!((s.src, s.sport), (NODE, 62_000), "the client's own port, masqueraded");
 
     let input = packet::build(Protocol::Udp, EXTERNAL, 5555, NODE, 30053, b"question");
     let (rc, out) = h.xdp(&input);

@@ -22,12 +22,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_userspace::{
-    config::ProxyFlags,
     config::{interface_ips, node_object_ip},
+    config::{local_port_range, FlowFlags, ProxyFlags},
     dataplane::{
         attach::{watch_links, Attacher, InterfaceSelector, Placement, XdpMode},
         inspect::datapath_snapshot,
         load_object_from,
+        migrate::carry_over_flows,
         pin::PinDir,
         sysctl::Journal,
         writer::Writer,
@@ -119,17 +120,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
 
-    /// Idle timeout of established TCP flows (kube-proxy's flag of the same name).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-    conntrack_tcp_timeout_established: Duration,
-
-    /// Idle timeout of TCP flows after a FIN or RST.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    conntrack_tcp_timeout_close: Duration,
-
-    /// Idle timeout of UDP flows (kube-proxy's --conntrack-udp-timeout-stream).
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    conntrack_udp_timeout: Duration,
+    #[command(flatten)]
+    flow: FlowFlags,
 
     /// Load the datapath from this eBPF object file instead of the one built into the agent
     /// (upgrade or roll back the datapath alone; the running program is replaced atomically).
@@ -138,10 +130,6 @@ struct Args {
 
     #[command(flatten)]
     capacity: Capacity,
-}
-
-fn secs(d: Duration) -> u32 {
-    d.as_secs().clamp(1, u32::MAX as u64) as u32
 }
 
 fn bind_address(s: &str, flag: &str) -> Result<Option<SocketAddr>> {
@@ -332,12 +320,11 @@ async fn run(args: Args) -> Result<()> {
             bail!("--manifests {}: no such file or directory", m.display());
         }
     }
-    let selector =
-        Placement {
-            pods: InterfaceSelector::parse(&args.interfaces)?,
-            uplinks: InterfaceSelector::parse(&args.xdp_interfaces)?,
-            xdp_mode: args.xdp_mode,
-        };
+    let selector = Placement {
+        pods: InterfaceSelector::parse(&args.interfaces)?,
+        uplinks: InterfaceSelector::parse(&args.xdp_interfaces)?,
+        xdp_mode: args.xdp_mode,
+    };
     let node_name = args.proxy.node_name();
     args.proxy.nodeport_addresses()?;
     let healthz = bind_address(&args.healthz_bind_address, "healthz-bind-address")?;
@@ -359,12 +346,11 @@ async fn run(args: Args) -> Result<()> {
     let mut ebpf = load_object_from(args.ebpf_object.as_deref(), &args.capacity, Some(&pins))?;
     forward_datapath_logs(&mut ebpf)?;
     let maps = MapSet::take(&mut ebpf, &args.capacity, Some(&pins))?;
-    let config = lb_common::Config {
-        tcp_established_timeout: secs(args.conntrack_tcp_timeout_established),
-        tcp_closing_timeout: secs(args.conntrack_tcp_timeout_close),
-        udp_timeout: secs(args.conntrack_udp_timeout),
-        ..lb_common::Config::DEFAULT
-    };
+    let carried = carry_over_flows(&pins).context("carrying connections over from the older datapath")?;
+    if carried > 0 {
+        info!(entries = carried, "conntrack entries carried over from the layout-3 datapath (before attaching)");
+    }
+    let config = args.flow.datapath_config(local_port_range());
     let (writer, adopted) = Writer::adopt(maps, args.capacity.max_table_size, args.capacity.max_service_ports, config)?;
     info!(node = %node_name, bpffs = %pins.versioned().display(), adopted = %adopted, "datapath loaded, maps pinned");
 
@@ -424,6 +410,11 @@ async fn run(args: Args) -> Result<()> {
 
     let mut attacher = Attacher::new(pins.links_dir(), args.proc_sys.clone(), Journal::open_or_create(&pins)?)?;
     attacher.reconcile(&mut ebpf, &selector).context("attaching")?;
+    // What the old programs created until the links were swapped.
+    let carried = carry_over_flows(&pins).context("carrying connections over from the older datapath")?;
+    if carried > 0 {
+        info!(entries = carried, "conntrack entries carried over from the layout-3 datapath (after attaching)");
+    }
     for old in pins.remove_other_versions()? {
         info!(path = %old.display(), "removed maps of another layout version (links taken over)");
     }

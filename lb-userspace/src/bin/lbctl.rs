@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{
-    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, Counters, CtEntry, CtKey, ServiceKey,
-    ServiceValue,
+    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, Counters, CtEntry, CtKey,
+    ServiceKey, ServiceValue,
 };
 use lb_userspace::{
     config::ProxyFlags,
@@ -335,15 +335,17 @@ struct CtRow {
     service_port_id: u32,
     backend_id: u32,
     frontend: String,
-    /// Masqueraded flows: the source written (forward) or the client restored (reply).
+    /// Source-NATed flows (masqueraded, or a port remapped after a clash): the source
+    /// written (forward) or the client restored (reply).
     masquerade: String,
+    /// The connection's state (netfilter's TCP states; UDP/SCTP UNREPLIED or REPLIED).
+    state: &'static str,
     idle_seconds: f64,
-    flags: Vec<&'static str>,
 }
 
 impl Rows for CtRow {
     fn header() -> Vec<&'static str> {
-        vec!["DIR", "PROTO", "SOURCE", "DESTINATION", "SVC-ID", "BACKEND", "FRONTEND", "MASQ", "IDLE(s)", "FLAGS"]
+        vec!["DIR", "PROTO", "SOURCE", "DESTINATION", "SVC-ID", "BACKEND", "FRONTEND", "SNAT", "STATE", "IDLE(s)"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -355,8 +357,8 @@ impl Rows for CtRow {
             self.backend_id.to_string(),
             self.frontend.clone(),
             if self.masquerade.is_empty() { "-".into() } else { self.masquerade.clone() },
+            self.state.to_string(),
             format!("{:.1}", self.idle_seconds),
-            self.flags.join(","),
         ]
     }
 }
@@ -384,12 +386,8 @@ fn conntrack(pins: &PinDir) -> Result<Vec<CtRow>> {
             // The forward entry's key holds the frontend; the reply entry holds it.
             frontend: if k.dir == ct_dir::REPLY { endpoint(e.peer_addr, e.peer_port) } else { endpoint(k.daddr, k.dport) },
             masquerade: if e.flags & ct_flags::SNAT != 0 { endpoint(e.nat_addr, e.nat_port) } else { String::new() },
+            state: lb_common::flow::state_name(k.proto, e.state),
             idle_seconds: now.saturating_sub(e.last_seen_ns) as f64 / 1e9,
-            flags: [(ct_flags::TCP_CLOSING, "closing"), (ct_flags::SNAT, "masquerade")]
-                .into_iter()
-                .filter(|(b, _)| e.flags & b != 0)
-                .map(|(_, n)| n)
-                .collect(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));

@@ -200,7 +200,8 @@ pub fn allow_local_sources(proc_sys: &Path, interface: &str, journal: &mut Journ
     if let Err(e) = journal.set(proc_sys, &conf(interface, "accept_local"), 1) {
         problems.push(format!("setting accept_local on {interface}: {e:#}"));
     }
-    let read = |i: &str| std::fs::read_to_string(proc_sys.join(conf(i, "rp_filter"))).ok().and_then(|v| v.trim().parse::<u8>().ok());
+    let read =
+        |i: &str| std::fs::read_to_string(proc_sys.join(conf(i, "rp_filter"))).ok().and_then(|v| v.trim().parse::<u8>().ok());
     if read(interface) == Some(1) {
         if let Err(e) = journal.set(proc_sys, &conf(interface, "rp_filter"), 2) {
             problems.push(format!("making rp_filter loose on {interface}: {e:#}"));
@@ -348,7 +349,16 @@ impl Attacher {
     /// journaled in `journal`.
     pub fn new(dir: PathBuf, proc_sys: PathBuf, journal: Journal) -> Result<Attacher> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Attacher { dir, proc_sys, journal, attached: BTreeMap::new(), no_native_xdp: BTreeMap::new(), pruned: false, pod_veths: BTreeMap::new(), ifaces_written: None })
+        Ok(Attacher {
+            dir,
+            proc_sys,
+            journal,
+            attached: BTreeMap::new(),
+            no_native_xdp: BTreeMap::new(),
+            pruned: false,
+            pod_veths: BTreeMap::new(),
+            ifaces_written: None,
+        })
     }
 
     fn pin_path(&self, interface: &str, hook: Hook) -> PathBuf {
@@ -387,7 +397,9 @@ impl Attacher {
             info!(interface = %name, hook = hook.describe(), "interface gone, forgotten");
         }
         for ((name, hook), idx) in wanted {
-            if self.attached.contains_key(&(name.clone(), hook)) || self.no_native_xdp.get(&name) == Some(&idx) && hook == Hook::Uplink {
+            if self.attached.contains_key(&(name.clone(), hook))
+                || self.no_native_xdp.get(&name) == Some(&idx) && hook == Hook::Uplink
+            {
                 continue;
             }
             let tc_mode = placement.xdp_mode == XdpMode::Tc || self.no_native_xdp.contains_key(&name);
@@ -589,8 +601,8 @@ mod tests {
 
     #[test]
     fn iface_slots_keep_the_lower_ifindex_on_a_clash() {
-        use lb_common::{iface_flags::POD_VETH, IfaceEntry, IFACE_SLOTS};
         use lb_common::iface_flags::MANAGED;
+        use lb_common::{iface_flags::POD_VETH, IfaceEntry, IFACE_SLOTS};
         let e = super::iface_entries([(7, POD_VETH), (7 + IFACE_SLOTS, POD_VETH), (9, POD_VETH), (7, MANAGED)]);
         assert_eq!(e.len(), 2);
         assert_eq!(e[&7], IfaceEntry { ifindex: 7, flags: POD_VETH | MANAGED }, "flags of one interface merged");
@@ -641,7 +653,11 @@ mod tests {
         assert!(tc.wanted(&present).contains_key(&s("eth0", Hook::UplinkIngress)));
         assert_eq!(Hook::UplinkIngress.program(true), super::names::PROG_POD_INGRESS);
         assert_eq!(Hook::UplinkIngress.program(false), super::names::PROG_UPLINK_DELIVER);
-        let none = Placement { pods: InterfaceSelector::parse(&[]).unwrap(), uplinks: InterfaceSelector::parse(&[]).unwrap(), xdp_mode: XdpMode::Auto };
+        let none = Placement {
+            pods: InterfaceSelector::parse(&[]).unwrap(),
+            uplinks: InterfaceSelector::parse(&[]).unwrap(),
+            xdp_mode: XdpMode::Auto,
+        };
         assert!(none.wanted(&present).is_empty());
     }
 }

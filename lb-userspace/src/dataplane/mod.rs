@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod inspect;
+pub mod migrate;
 pub mod pin;
 pub mod sys;
 pub mod sysctl;

@@ -49,7 +49,8 @@ impl Journal {
             MapData::from_pin(&path).context("opening the sysctl journal")?
         } else {
             const BPF_MAP_TYPE_HASH: u32 = 1;
-            let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_HASH, KEY_LEN as u32, 1, MAX_ENTRIES, lb_common::BPF_F_NO_PREALLOC);
+            let obj =
+                aya_obj::Map::new_from_params(BPF_MAP_TYPE_HASH, KEY_LEN as u32, 1, MAX_ENTRIES, lb_common::BPF_F_NO_PREALLOC);
             let data = MapData::create(obj, "LB_SYSCTL", None).context("creating the sysctl journal")?;
             data.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
             data

@@ -104,6 +104,30 @@ pub fn counter(ebpf: &Ebpf, c: Counter) -> u64 {
     lb_userspace::dataplane::inspect::sum_counters(&map).unwrap()[c as usize]
 }
 
+/// A TCP segment with `flags` (SYN 0x02, ACK 0x10, FIN 0x01, RST 0x04), sequence and
+/// acknowledgment numbers, no payload.
+#[allow(dead_code)]
+pub fn tcp_seg(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, seq, 1000);
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(ack);
+    }
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    if flags & 0x04 != 0 {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
 /// A TCP frame with a 5-byte payload: a SYN, or an ACK.
 pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
