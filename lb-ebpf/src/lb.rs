@@ -125,13 +125,14 @@ fn new_flow<F: Frame>(
     key: &CtKey,
     now: u64,
 ) -> Verdict {
-    if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
-        st.inc(Counter::RejectNoEndpoint);
-        return Verdict::Reject;
-    }
+    // D7 before E1: a source outside loadBalancerSourceRanges is dropped even without endpoints.
     if svc.flags & svc_flags::SOURCE_RANGES != 0 && !service::source_allowed(svc.id, pkt.saddr) {
         st.inc(Counter::DropSourceRange);
         return Verdict::Drop;
+    }
+    if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
+        st.inc(Counter::RejectNoEndpoint);
+        return Verdict::Reject;
     }
     let cfg = service::config();
     let decision = policy::decide(

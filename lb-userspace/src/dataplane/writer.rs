@@ -207,7 +207,8 @@ pub fn frontends(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeMap<Ser
 
 /// `LB_SOURCE_RANGES` entries of a service port (D7): its ranges, plus its LB IPs themselves
 /// when a range contains one of this node's addresses (kube-proxy lets a node reach an LB IP
-/// it holds).
+/// it holds). Written whether or not the service port has endpoints: the range check comes
+/// first.
 pub fn source_ranges(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeSet<(u32, [u8; 8])> {
     if st.load_balancer_source_ranges.is_empty() || st.load_balancer_ips.is_empty() {
         return BTreeSet::new();
@@ -799,7 +800,84 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use crate::{
+        config::ProxyFlags,
+        manifests,
+        model::{translate, NodeInfo, Protocol, TranslateOptions},
+    };
+
+    /// One LoadBalancer service (1.2.3.4 and 5.6.7.8, port 80, NodePort 3001) with
+    /// `loadBalancerSourceRanges` `ranges`, with one endpoint or none; its only service port.
+    fn lb_service(ranges: &str, endpoints: bool) -> ServicePortState {
+        let mut yaml = format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{namespace: ns1, name: svc1}}
+spec:
+  type: LoadBalancer
+  clusterIP: 172.30.0.41
+  loadBalancerSourceRanges: {ranges}
+  ports: [{{name: p80, port: 80, protocol: TCP, nodePort: 3001}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 1.2.3.4}}, {{ip: 5.6.7.8}}]
+"#
+        );
+        if endpoints {
+            yaml.push_str(
+                r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: ns1, name: svc1-1, labels: {kubernetes.io/service-name: svc1}}
+addressType: IPv4
+endpoints: [{addresses: [10.180.0.1]}]
+ports: [{name: p80, port: 80, protocol: TCP}]
+"#,
+            );
+        }
+        let report = manifests::parse_str(&yaml, "test.yaml");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let node = NodeInfo { name: "test-node".into(), labels: Default::default() };
+        let (desired, errors) = translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(desired.services.len(), 1);
+        desired.services.into_values().next().expect("one service port")
+    }
+
+    /// The node's network facts from `--node-ip` (the first is the primary address).
+    fn node_net(node_ips: &[&str]) -> NodeNet {
+        let ips: Vec<Ipv4Addr> = node_ips.iter().map(|s| s.parse().expect("ip")).collect();
+        ProxyFlags { node_ip: ips.clone(), ..Default::default() }.node_net(None, &ips).expect("node net")
+    }
+
+    fn range_entry(id: u32, net: &str) -> (u32, [u8; 8]) {
+        let net: Ipv4Net = net.parse().expect("net");
+        (32 + net.prefix_len() as u32, source_range_data(id, ip_to_map(net.network().octets())))
+    }
+
+    /// D7 with E1: a service port without endpoints keeps its source-range flag and entries on
+    /// its LB IPs (the datapath drops a source outside the ranges before it rejects), next to
+    /// the no-endpoints flag.
+    #[test]
+    fn source_ranges_are_programmed_without_endpoints() {
+        let node = node_net(&["192.168.0.2"]);
+        for endpoints in [true, false] {
+            let st = lb_service("[203.0.113.0/25]", endpoints);
+            assert_eq!(st.has_any_endpoints, endpoints);
+            let fe = frontends(7, &st, &node);
+            for lb in ["1.2.3.4", "5.6.7.8"] {
+                let ip: Ipv4Addr = lb.parse().unwrap();
+                let v = fe[&ServiceKey::new(ip_to_map(ip.octets()), port_to_map(80), 6)];
+                assert!(v.flags & svc_flags::SOURCE_RANGES != 0, "{lb} endpoints={endpoints}: SOURCE_RANGES");
+                assert_eq!(v.flags & svc_flags::NO_ENDPOINTS != 0, !endpoints, "{lb}: NO_ENDPOINTS");
+            }
+            // Neither the NodePort nor the ClusterIP is filtered.
+            let np = fe[&ServiceKey::new(ip_to_map([192, 168, 0, 2]), port_to_map(3001), 6)];
+            let cip = fe[&ServiceKey::new(ip_to_map([172, 30, 0, 41]), port_to_map(80), 6)];
+            assert_eq!((np.flags | cip.flags) & svc_flags::SOURCE_RANGES, 0);
+            assert_eq!(source_ranges(7, &st, &node), BTreeSet::from([range_entry(7, "203.0.113.0/25")]), "{endpoints}");
+        }
+    }
 
     #[test]
     fn service_port_names_round_trip() {
