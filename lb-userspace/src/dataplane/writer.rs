@@ -160,7 +160,8 @@ pub struct NodeNet {
     /// The local traffic detector's CIDRs (`--cluster-cidr`); empty: no detector.
     pub cluster_cidrs: Vec<Ipv4Net>,
     pub masquerade_all: bool,
-    /// The masquerade source address (the node's primary address).
+    /// The node's primary address: the masquerade source, and the address kube-proxy tests
+    /// for the loadBalancerSourceRanges exception of traffic from an LB IP ([`source_ranges`]).
     pub snat_ip: Option<Ipv4Addr>,
 }
 
@@ -206,9 +207,9 @@ pub fn frontends(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeMap<Ser
 }
 
 /// `LB_SOURCE_RANGES` entries of a service port (D7): its ranges, plus its LB IPs themselves
-/// when a range contains one of this node's addresses (kube-proxy lets a node reach an LB IP
-/// it holds). Written whether or not the service port has endpoints: the range check comes
-/// first.
+/// when a range contains this node's primary address (kube-proxy's `cidr.Contains(nodeIP)`:
+/// a node reaching an LB IP it holds; another node address inside a range does not count).
+/// Written whether or not the service port has endpoints: the range check comes first.
 pub fn source_ranges(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeSet<(u32, [u8; 8])> {
     if st.load_balancer_source_ranges.is_empty() || st.load_balancer_ips.is_empty() {
         return BTreeSet::new();
@@ -218,8 +219,8 @@ pub fn source_ranges(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeSet
         .iter()
         .map(|net| (32 + net.prefix_len() as u32, source_range_data(id, ip_to_map(net.network().octets()))))
         .collect();
-    let node_inside = node.local_ips.iter().any(|ip| st.load_balancer_source_ranges.iter().any(|net| net.contains(ip)));
-    if node_inside {
+    let primary_inside = node.snat_ip.is_some_and(|ip| st.load_balancer_source_ranges.iter().any(|net| net.contains(&ip)));
+    if primary_inside {
         out.extend(st.load_balancer_ips.iter().map(|ip| (64, source_range_data(id, ip_to_map(ip.octets())))));
     }
     out
@@ -747,7 +748,10 @@ impl Writer {
         }
         self.maps.config.set(0, config, 0).context("writing LB_CONFIG")?;
         self.config = config;
-        if node.nodeport_ips != self.node.nodeport_ips || node.local_ips != self.node.local_ips {
+        if node.nodeport_ips != self.node.nodeport_ips
+            || node.local_ips != self.node.local_ips
+            || node.snat_ip != self.node.snat_ip
+        {
             self.applied.clear();
         }
         self.node = node.clone();
@@ -876,6 +880,33 @@ ports: [{name: p80, port: 80, protocol: TCP}]
             let cip = fe[&ServiceKey::new(ip_to_map([172, 30, 0, 41]), port_to_map(80), 6)];
             assert_eq!((np.flags | cip.flags) & svc_flags::SOURCE_RANGES, 0);
             assert_eq!(source_ranges(7, &st, &node), BTreeSet::from([range_entry(7, "203.0.113.0/25")]), "{endpoints}");
+        }
+    }
+
+    /// D7: packets sourced from an LB IP itself are let through when a range contains the
+    /// node's primary address (kube-proxy: `cidr.Contains(nodeIP)`); another node address
+    /// inside a range does not count.
+    #[test]
+    fn lb_ip_source_exception_needs_the_primary_address_in_a_range() {
+        // (--node-ip list, the first primary; the ranges; whether the LB IPs are allowed sources)
+        let cases: [(&[&str], &str, bool); 6] = [
+            (&["192.168.0.2"], "[192.168.0.0/24, 203.0.113.0/25]", true),
+            (&["192.168.0.2", "192.168.1.2"], "[192.168.1.0/24]", false),
+            (&["192.168.1.2", "192.168.0.2"], "[192.168.1.0/24]", true),
+            (&["192.168.0.2", "192.168.1.2"], "[203.0.113.0/25]", false),
+            (&["192.168.0.2"], "[192.168.0.2/32]", true),
+            (&["192.168.0.2"], "[0.0.0.0/0]", true),
+        ];
+        for (node_ips, ranges, allowed) in cases {
+            let st = lb_service(ranges, true);
+            let got = source_ranges(3, &st, &node_net(node_ips));
+            let mut want: BTreeSet<(u32, [u8; 8])> =
+                st.load_balancer_source_ranges.iter().map(|n| range_entry(3, &n.to_string())).collect();
+            if allowed {
+                want.insert(range_entry(3, "1.2.3.4/32"));
+                want.insert(range_entry(3, "5.6.7.8/32"));
+            }
+            assert_eq!(got, want, "node {node_ips:?} ranges {ranges}");
         }
     }
 
