@@ -81,7 +81,8 @@ impl ServiceKey {
 /// [`ServiceValue::flags`] bits.
 pub mod svc_flags {
     /// The service port has no usable endpoint anywhere (SEMANTICS E1): new connections are
-    /// REJECTed (ICMP port unreachable).
+    /// REJECTed (ICMP port unreachable), after the [`SOURCE_RANGES`] check (a blocked source
+    /// is dropped, as kube-proxy's nftables firewall runs first).
     pub const NO_ENDPOINTS: u32 = 1 << 0;
     /// The frontend's traffic policy is Local: iTP=Local for the ClusterIP, eTP=Local for an
     /// external frontend (see [`crate::policy::decide`]).

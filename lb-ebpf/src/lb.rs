@@ -169,13 +169,14 @@ fn new_flow<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, a: &FlowArgs) -> Verdict
     let (pkt, svc, now) = (a.pkt, a.svc, conntrack::now());
     let l4 = &pkt.l4;
     let key = &a.key();
-    if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
-        st.inc(Counter::RejectNoEndpoint);
-        return Verdict::Reject;
-    }
+    // D7 before E1: a source outside loadBalancerSourceRanges is dropped even without endpoints.
     if svc.flags & svc_flags::SOURCE_RANGES != 0 && !service::source_allowed(svc.id, pkt.saddr) {
         st.inc(Counter::DropSourceRange);
         return Verdict::Drop;
+    }
+    if svc.flags & svc_flags::NO_ENDPOINTS != 0 {
+        st.inc(Counter::RejectNoEndpoint);
+        return Verdict::Reject;
     }
     let Some(cfg) = service::config() else {
         st.inc(Counter::DropNoBackend);

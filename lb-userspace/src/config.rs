@@ -27,9 +27,10 @@ pub struct ProxyFlags {
     #[arg(long)]
     pub masquerade_all: bool,
 
-    /// Addresses NodePorts are served on: CIDRs (interface addresses inside them) or
-    /// `primary` (the node's primary address), kube-proxy's flag. Default `primary`, as
-    /// kube-proxy's nftables mode; loopback addresses never.
+    /// Addresses NodePorts are served on: CIDRs (interface addresses inside them; a list
+    /// without IPv4 CIDRs means every address) or `primary` (the node's primary address),
+    /// kube-proxy's flag. Default `primary`, as kube-proxy's nftables mode; loopback
+    /// addresses never.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
 
@@ -138,6 +139,8 @@ impl ProxyFlags {
     }
 
     /// `--nodeport-addresses`, parsed (IPv6 CIDRs are another family's business: skipped).
+    /// A list without an IPv4 CIDR means every IPv4 address, as kube-proxy's
+    /// `NewNodePortAddresses` ("if there are no CIDRs of the given family, 0.0.0.0/0 is added").
     pub fn nodeport_addresses(&self) -> Result<NodePortAddresses> {
         let items: Vec<&str> = self.nodeport_addresses.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
         if items.is_empty() || items == ["primary"] {
@@ -153,6 +156,9 @@ impl ProxyFlags {
                 Ok(ipnet::IpNet::V6(_)) => {}
                 Err(_) => bail!("--nodeport-addresses: {item:?} is neither a CIDR nor `primary`"),
             }
+        }
+        if cidrs.is_empty() {
+            cidrs.push(Ipv4Net::default()); // 0.0.0.0/0
         }
         Ok(NodePortAddresses::Cidrs(cidrs))
     }
@@ -277,13 +283,16 @@ mod tests {
         let ifs = ips(&["127.0.0.1", "192.168.0.2", "192.168.1.2", "10.0.0.1"]);
         // (--nodeport-addresses, --node-ip, the Node object's address, expected NodePort IPs)
         type Case<'a> = (&'a [&'a str], &'a [&'a str], Option<&'a str>, &'a [&'a str]);
-        let cases: [Case; 6] = [
+        let cases: [Case; 8] = [
             (&[], &[], Some("192.168.0.2"), &["192.168.0.2"]),
             (&["primary"], &["192.168.1.2"], Some("192.168.0.2"), &["192.168.1.2"]),
             (&["192.168.0.0/24"], &[], None, &["192.168.0.2"]),
             (&["192.168.0.0/16"], &[], None, &["192.168.0.2", "192.168.1.2"]),
             (&["127.0.0.0/8", "192.168.1.0/24"], &[], None, &["192.168.1.2"]),
             (&["0.0.0.0/0", "2001:db8::/64"], &[], None, &["10.0.0.1", "192.168.0.2", "192.168.1.2"]),
+            // No IPv4 CIDR at all: every IPv4 address (kube-proxy adds 0.0.0.0/0), loopback never.
+            (&["2001:db8::/64"], &[], Some("192.168.0.2"), &["10.0.0.1", "192.168.0.2", "192.168.1.2"]),
+            (&["2001:db8::/64", "fd00::/8"], &["192.168.1.2"], None, &["10.0.0.1", "192.168.0.2", "192.168.1.2"]),
         ];
         for (np, node_ip, object_ip, want) in cases {
             let net = flags(np, node_ip).node_net(object_ip.map(|s| s.parse().unwrap()), &ifs).unwrap();
@@ -305,6 +314,14 @@ mod tests {
         let net = flags(&[], &[]).node_net(None, &ifs).unwrap();
         assert_eq!(net.snat_ip, Some("10.1.1.1".parse().unwrap()));
         assert_eq!(net.local_ips, ips(&["10.1.1.1", "127.0.0.1"]));
+    }
+
+    #[test]
+    fn only_ipv6_nodeport_addresses_match_every_ipv4_address() {
+        assert_eq!(
+            flags(&["2001:db8::/64"], &[]).nodeport_addresses().unwrap(),
+            NodePortAddresses::Cidrs(vec!["0.0.0.0/0".parse().unwrap()])
+        );
     }
 
     #[test]

@@ -201,6 +201,11 @@ fn is_ipv4_cidr(s: &str) -> bool {
     ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
 }
 
+fn is_ipv6_cidr(s: &str) -> bool {
+    let Some((ip, len)) = s.trim().split_once('/') else { return false };
+    ip.parse::<std::net::Ipv6Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+}
+
 fn parse_object(v: &Value, at: &str, errs: &mut Errors) -> Option<(ObjKey, Value)> {
     let Some(m) = v.as_object() else {
         errs.push(at, "object must be a JSON object");
@@ -383,8 +388,10 @@ fn parse_case(v: &Value, at: &str, errs: &mut Errors) -> Option<Case> {
             Some(Value::Array(a)) => {
                 for x in a {
                     match x.as_str() {
-                        Some(s) if s == "primary" || is_ipv4_cidr(s) => nodeport_addresses.push(s.to_string()),
-                        _ => errs.push(cfg_at, format!("nodePortAddresses entries must be IPv4 CIDRs or \"primary\", got {x}")),
+                        // IPv6 CIDRs matter to the IPv4 proxier only by their presence: a
+                        // list without IPv4 CIDRs means every address (D3).
+                        Some(s) if s == "primary" || is_ipv4_cidr(s) || is_ipv6_cidr(s) => nodeport_addresses.push(s.to_string()),
+                        _ => errs.push(cfg_at, format!("nodePortAddresses entries must be CIDRs or \"primary\", got {x}")),
                     }
                 }
             }

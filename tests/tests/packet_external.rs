@@ -40,6 +40,7 @@ const LB_IP: Ipv4Addr = Ipv4Addr::new(1, 2, 3, 4);
 /// cluster: NodePort 30080, eTP=Cluster, backends local .11 and remote .21.
 /// local: NodePort 30081, eTP=Local, same backends. empty: NodePort 30082, no endpoints.
 /// lb: LoadBalancer 1.2.3.4:80 with loadBalancerSourceRanges 203.0.113.0/25.
+/// lbempty: LoadBalancer 1.2.3.5:80 (NodePort 30084), the same ranges, no endpoints.
 /// sticky: ClusterIP 10.96.0.50:80 with ClientIP affinity.
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -79,6 +80,18 @@ spec:
 status:
   loadBalancer:
     ingress: [{ip: 1.2.3.4}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: ns, name: lbempty}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.14
+  loadBalancerSourceRanges: [203.0.113.0/25]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30084, protocol: TCP}]
+status:
+  loadBalancer:
+    ingress: [{ip: 1.2.3.5}]
 ---
 apiVersion: v1
 kind: Service
@@ -326,6 +339,33 @@ fn load_balancer_source_ranges() {
     let (rc, out) = h.xdp(&tcp(Ipv4Addr::new(203, 0, 113, 130), 44002, NODE, 30083, true));
     assert_eq!(rc, XDP_PASS);
     assert_eq!(assert_valid(&out).dport, 8080, "the NodePort bypasses the ranges");
+}
+
+/// D7 before E1: on an LB IP with loadBalancerSourceRanges and no endpoints, a source outside
+/// the ranges is dropped without an answer (kube-proxy's nftables firewall check runs before
+/// its no-endpoint reject); a source inside gets the REJECT, and so does anyone on the NodePort.
+#[test]
+fn source_ranges_drop_before_the_no_endpoint_reject() {
+    if !require_root("source_ranges_drop_before_the_no_endpoint_reject") {
+        return;
+    }
+    let mut h = Harness::new();
+    let lb_empty = Ipv4Addr::new(1, 2, 3, 5);
+    let outside = Ipv4Addr::new(203, 0, 113, 130);
+    let (rc, _) = h.xdp(&tcp(outside, 44100, lb_empty, 80, true));
+    assert_eq!(rc, XDP_DROP, "outside the ranges, no endpoints: DROP, no ICMP answer");
+    assert_eq!((h.counter(Counter::DropSourceRange), h.counter(Counter::RejectNoEndpoint)), (1, 0));
+
+    let inside = Ipv4Addr::new(203, 0, 113, 2);
+    let (rc, meta, out) = run_xdp_meta(&mut h.ebpf, names::PROG_UPLINK, &tcp(inside, 44101, lb_empty, 80, true), 0);
+    assert_eq!((rc, meta), (XDP_PASS, Some(lb_common::xdp_meta::ORIGINATED)));
+    assert!(packet::is_port_unreachable(&out), "inside the ranges: ICMP port unreachable");
+    assert_eq!(&out[14 + 12..14 + 16], &lb_empty.octets(), "from the LB IP");
+
+    let (rc, meta, out) = run_xdp_meta(&mut h.ebpf, names::PROG_UPLINK, &tcp(outside, 44102, NODE, 30084, true), 0);
+    assert_eq!((rc, meta), (XDP_PASS, Some(lb_common::xdp_meta::ORIGINATED)));
+    assert!(packet::is_port_unreachable(&out), "the NodePort bypasses the ranges: REJECT");
+    assert_eq!((h.counter(Counter::DropSourceRange), h.counter(Counter::RejectNoEndpoint)), (1, 2));
 }
 
 /// F1/F2: with ClientIP affinity every new connection of a client goes to the same endpoint.

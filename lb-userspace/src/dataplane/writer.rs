@@ -160,7 +160,8 @@ pub struct NodeNet {
     /// The local traffic detector's CIDRs (`--cluster-cidr`); empty: no detector.
     pub cluster_cidrs: Vec<Ipv4Net>,
     pub masquerade_all: bool,
-    /// The masquerade source address (the node's primary address).
+    /// The node's primary address: the masquerade source, and the address kube-proxy tests
+    /// for the loadBalancerSourceRanges exception of traffic from an LB IP ([`source_ranges`]).
     pub snat_ip: Option<Ipv4Addr>,
 }
 
@@ -206,8 +207,9 @@ pub fn frontends(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeMap<Ser
 }
 
 /// `LB_SOURCE_RANGES` entries of a service port (D7): its ranges, plus its LB IPs themselves
-/// when a range contains one of this node's addresses (kube-proxy lets a node reach an LB IP
-/// it holds).
+/// when a range contains this node's primary address (kube-proxy's `cidr.Contains(nodeIP)`:
+/// a node reaching an LB IP it holds; another node address inside a range does not count).
+/// Written whether or not the service port has endpoints: the range check comes first.
 pub fn source_ranges(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeSet<(u32, [u8; 8])> {
     if st.load_balancer_source_ranges.is_empty() || st.load_balancer_ips.is_empty() {
         return BTreeSet::new();
@@ -217,8 +219,8 @@ pub fn source_ranges(id: u32, st: &ServicePortState, node: &NodeNet) -> BTreeSet
         .iter()
         .map(|net| (32 + net.prefix_len() as u32, source_range_data(id, ip_to_map(net.network().octets()))))
         .collect();
-    let node_inside = node.local_ips.iter().any(|ip| st.load_balancer_source_ranges.iter().any(|net| net.contains(ip)));
-    if node_inside {
+    let primary_inside = node.snat_ip.is_some_and(|ip| st.load_balancer_source_ranges.iter().any(|net| net.contains(&ip)));
+    if primary_inside {
         out.extend(st.load_balancer_ips.iter().map(|ip| (64, source_range_data(id, ip_to_map(ip.octets())))));
     }
     out
@@ -746,7 +748,10 @@ impl Writer {
         }
         self.maps.config.set(0, config, 0).context("writing LB_CONFIG")?;
         self.config = config;
-        if node.nodeport_ips != self.node.nodeport_ips || node.local_ips != self.node.local_ips {
+        if node.nodeport_ips != self.node.nodeport_ips
+            || node.local_ips != self.node.local_ips
+            || node.snat_ip != self.node.snat_ip
+        {
             self.applied.clear();
         }
         self.node = node.clone();
@@ -799,7 +804,111 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
+    use crate::{
+        config::ProxyFlags,
+        manifests,
+        model::{translate, NodeInfo, Protocol, TranslateOptions},
+    };
+
+    /// One LoadBalancer service (1.2.3.4 and 5.6.7.8, port 80, NodePort 3001) with
+    /// `loadBalancerSourceRanges` `ranges`, with one endpoint or none; its only service port.
+    fn lb_service(ranges: &str, endpoints: bool) -> ServicePortState {
+        let mut yaml = format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{namespace: ns1, name: svc1}}
+spec:
+  type: LoadBalancer
+  clusterIP: 172.30.0.41
+  loadBalancerSourceRanges: {ranges}
+  ports: [{{name: p80, port: 80, protocol: TCP, nodePort: 3001}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 1.2.3.4}}, {{ip: 5.6.7.8}}]
+"#
+        );
+        if endpoints {
+            yaml.push_str(
+                r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: ns1, name: svc1-1, labels: {kubernetes.io/service-name: svc1}}
+addressType: IPv4
+endpoints: [{addresses: [10.180.0.1]}]
+ports: [{name: p80, port: 80, protocol: TCP}]
+"#,
+            );
+        }
+        let report = manifests::parse_str(&yaml, "test.yaml");
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let node = NodeInfo { name: "test-node".into(), labels: Default::default() };
+        let (desired, errors) = translate(&report.objects.services, &report.objects.slices, &node, &TranslateOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(desired.services.len(), 1);
+        desired.services.into_values().next().expect("one service port")
+    }
+
+    /// The node's network facts from `--node-ip` (the first is the primary address).
+    fn node_net(node_ips: &[&str]) -> NodeNet {
+        let ips: Vec<Ipv4Addr> = node_ips.iter().map(|s| s.parse().expect("ip")).collect();
+        ProxyFlags { node_ip: ips.clone(), ..Default::default() }.node_net(None, &ips).expect("node net")
+    }
+
+    fn range_entry(id: u32, net: &str) -> (u32, [u8; 8]) {
+        let net: Ipv4Net = net.parse().expect("net");
+        (32 + net.prefix_len() as u32, source_range_data(id, ip_to_map(net.network().octets())))
+    }
+
+    /// D7 with E1: a service port without endpoints keeps its source-range flag and entries on
+    /// its LB IPs (the datapath drops a source outside the ranges before it rejects), next to
+    /// the no-endpoints flag.
+    #[test]
+    fn source_ranges_are_programmed_without_endpoints() {
+        let node = node_net(&["192.168.0.2"]);
+        for endpoints in [true, false] {
+            let st = lb_service("[203.0.113.0/25]", endpoints);
+            assert_eq!(st.has_any_endpoints, endpoints);
+            let fe = frontends(7, &st, &node);
+            for lb in ["1.2.3.4", "5.6.7.8"] {
+                let ip: Ipv4Addr = lb.parse().unwrap();
+                let v = fe[&ServiceKey::new(ip_to_map(ip.octets()), port_to_map(80), 6)];
+                assert!(v.flags & svc_flags::SOURCE_RANGES != 0, "{lb} endpoints={endpoints}: SOURCE_RANGES");
+                assert_eq!(v.flags & svc_flags::NO_ENDPOINTS != 0, !endpoints, "{lb}: NO_ENDPOINTS");
+            }
+            // Neither the NodePort nor the ClusterIP is filtered.
+            let np = fe[&ServiceKey::new(ip_to_map([192, 168, 0, 2]), port_to_map(3001), 6)];
+            let cip = fe[&ServiceKey::new(ip_to_map([172, 30, 0, 41]), port_to_map(80), 6)];
+            assert_eq!((np.flags | cip.flags) & svc_flags::SOURCE_RANGES, 0);
+            assert_eq!(source_ranges(7, &st, &node), BTreeSet::from([range_entry(7, "203.0.113.0/25")]), "{endpoints}");
+        }
+    }
+
+    /// D7: packets sourced from an LB IP itself are let through when a range contains the
+    /// node's primary address (kube-proxy: `cidr.Contains(nodeIP)`); another node address
+    /// inside a range does not count.
+    #[test]
+    fn lb_ip_source_exception_needs_the_primary_address_in_a_range() {
+        // (--node-ip list, the first primary; the ranges; whether the LB IPs are allowed sources)
+        let cases: [(&[&str], &str, bool); 6] = [
+            (&["192.168.0.2"], "[192.168.0.0/24, 203.0.113.0/25]", true),
+            (&["192.168.0.2", "192.168.1.2"], "[192.168.1.0/24]", false),
+            (&["192.168.1.2", "192.168.0.2"], "[192.168.1.0/24]", true),
+            (&["192.168.0.2", "192.168.1.2"], "[203.0.113.0/25]", false),
+            (&["192.168.0.2"], "[192.168.0.2/32]", true),
+            (&["192.168.0.2"], "[0.0.0.0/0]", true),
+        ];
+        for (node_ips, ranges, allowed) in cases {
+            let st = lb_service(ranges, true);
+            let got = source_ranges(3, &st, &node_net(node_ips));
+            let mut want: BTreeSet<(u32, [u8; 8])> =
+                st.load_balancer_source_ranges.iter().map(|n| range_entry(3, &n.to_string())).collect();
+            if allowed {
+                want.insert(range_entry(3, "1.2.3.4/32"));
+                want.insert(range_entry(3, "5.6.7.8/32"));
+            }
+            assert_eq!(got, want, "node {node_ips:?} ranges {ranges}");
+        }
+    }
 
     #[test]
     fn service_port_names_round_trip() {
