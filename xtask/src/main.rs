@@ -3,7 +3,6 @@
 //! Every command runs `setup` first; each setup step checks whether it is already done and
 //! skips itself, so the commands work on a fresh machine and cost nothing on a prepared one.
 
-mod demo;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -104,7 +103,7 @@ fn main() {
         Cmd::Setup => setup::setup(),
         Cmd::Build { release } => setup::setup().and_then(|()| build(release).map(|_| ())),
         Cmd::BuildAndLoad { ifaces, manifests, agent_args } => build_and_load(ifaces, manifests, agent_args),
-        Cmd::Demo => setup::setup().and_then(|()| build(false)).and_then(|bin| demo::run(&bin)),
+        Cmd::Demo => setup::setup().and_then(|()| build(false)).and_then(|bin| run(Command::new(bin.join("lb-demo")))),
         Cmd::Test { allow_skip, cargo_args } => test(allow_skip, cargo_args),
         Cmd::Bench { quick, bench_args } => bench(quick, bench_args),
     };

@@ -1,4 +1,6 @@
-//! `cargo xtask demo`: a real topology, the real agent, real connections through a ClusterIP.
+//! `lb-demo` (run by `cargo xtask demo` after set-up and build): a real topology, the real
+//! agent, real connections through a ClusterIP. It lives in the tests crate (next to the
+//! topology helpers it uses) so that xtask itself builds before the eBPF toolchain exists.
 //!
 //! node namespace (lb-agent, tc programs on the pods' host-side veths)
 //!   ├─ client    10.244.1.10
@@ -10,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -52,27 +54,32 @@ fn check_balanced(counts: &BTreeMap<String, usize>, names: &[&str], total: usize
     Ok(())
 }
 
-pub fn run(bin: &Path) -> Result<()> {
-    std::env::set_var("LB_BIN_DIR", bin);
+fn main() {
+    let bin = lb_tests::agent::bin_dir();
+    std::env::set_var("LB_BIN_DIR", &bin);
     std::env::set_var("LB_ECHO_BIN", bin.join("lb-echo"));
-    let manifests = tempdir()?;
-    let result = demo(&manifests);
-    let _ = std::fs::remove_dir_all(&manifests);
+    let result = tempdir().and_then(|manifests| {
+        let r = demo(&manifests);
+        let _ = std::fs::remove_dir_all(&manifests);
+        r
+    });
     match &result {
         Ok(()) => println!("\ndemo: every step worked"),
-        Err(e) => println!("\ndemo FAILED: {e:#}"),
+        Err(e) => {
+            println!("\ndemo FAILED: {e:#}");
+            std::process::exit(1);
+        }
     }
-    result
 }
 
-fn tempdir() -> Result<std::path::PathBuf> {
+fn tempdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("lb-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
 
 fn demo(manifests: &Path) -> Result<()> {
-    let src = crate::workspace_root().join("demo/manifests");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo/manifests");
     for f in ["echo-service.yaml", "echo-endpoints.yaml"] {
         std::fs::copy(src.join(f), manifests.join(f)).with_context(|| format!("copying {f}"))?;
     }
