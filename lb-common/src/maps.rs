@@ -445,10 +445,13 @@ pub enum Counter {
     Reopened = 27,
     /// One half of a connection was missing (evicted) and rebuilt from the other.
     HalfRestored = 28,
+    /// Translated packets the uplink's XDP program had to leave to the kernel's stack because
+    /// this kernel's XDP has no metadata (`bpf_xdp_adjust_meta`) to hand them to its tc program.
+    StackNoXdpMeta = 29,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 30;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
         Counter::Bytes,
@@ -479,6 +482,7 @@ impl Counter {
         Counter::PortRemapped,
         Counter::Reopened,
         Counter::HalfRestored,
+        Counter::StackNoXdpMeta,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -512,6 +516,7 @@ impl Counter {
             Counter::PortRemapped => "port_remapped_flows",
             Counter::Reopened => "reopened_flows",
             Counter::HalfRestored => "ct_half_restored",
+            Counter::StackNoXdpMeta => "stack_no_xdp_metadata",
         }
     }
 }

@@ -330,7 +330,7 @@ pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: &Fwd) -> u32 {
             let mut q = Query::of(ctx, &fwd);
             match q.run(ctx) {
                 BPF_FIB_LKUP_RET_SUCCESS => q.hop(),
-                BPF_FIB_LKUP_RET_NO_NEIGH => return hand_to_tc(ctx, xdp_meta::FORWARDED),
+                BPF_FIB_LKUP_RET_NO_NEIGH => return hand_to_tc(ctx, st, xdp_meta::FORWARDED),
                 BPF_FIB_LKUP_RET_NOT_FWDED => {
                     st.inc(Counter::StackLocal);
                     return XDP_PASS;
@@ -347,7 +347,7 @@ pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: &Fwd) -> u32 {
         }
     };
     if hop.ifindex != ingress {
-        return hand_to_tc(ctx, xdp_meta::FORWARDED);
+        return hand_to_tc(ctx, st, xdp_meta::FORWARDED);
     }
     if decrement_ttl(ctx) != Ok(true) {
         st.inc(Counter::StackTtl);
@@ -360,13 +360,25 @@ pub fn xdp(ctx: &XdpContext, st: &Stats, fwd: &Fwd) -> u32 {
     XDP_TX
 }
 
+/// Whether this kernel's XDP programs may call `bpf_xdp_adjust_meta` (some kernels refuse the
+/// helper to XDP programs). The loader sets it (`.rodata`, frozen): with 0 the verifier never
+/// sees the call, and [`hand_to_tc`] leaves such packets to the kernel's stack, counted.
+#[unsafe(no_mangle)]
+static XDP_META: u8 = 1;
+
 /// Passes the frame up with `kind` in its XDP metadata: the uplink's tc ingress program
 /// (`lb_uplink_deliver`) delivers it without processing it again. Without room for metadata
-/// the kernel routes the (translated) packet itself.
+/// (or without the helper on this kernel) the kernel routes the (translated) packet itself.
 #[inline(always)]
-pub fn hand_to_tc(ctx: &XdpContext, kind: u32) -> u32 {
+pub fn hand_to_tc(ctx: &XdpContext, st: &Stats, kind: u32) -> u32 {
+    // SAFETY: a read of our own read-only global.
+    if unsafe { core::ptr::read_volatile(&XDP_META) } == 0 {
+        st.inc(Counter::StackNoXdpMeta);
+        return XDP_PASS;
+    }
     // SAFETY: the context pointer is the program's own xdp_md.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
+        st.inc(Counter::StackNoXdpMeta);
         return XDP_PASS;
     }
     let (meta, data) = (ctx.metadata(), ctx.data());

@@ -120,7 +120,7 @@ pub fn lb_uplink(ctx: XdpContext) -> u32 {
         }
         Verdict::Reject => {
             if lb::build_reject(&ctx, false) {
-                fwd::hand_to_tc(&ctx, xdp_meta::ORIGINATED)
+                fwd::hand_to_tc(&ctx, &st, xdp_meta::ORIGINATED)
             } else if lb::kernel_can_reject(&ctx) {
                 XDP_PASS
             } else {

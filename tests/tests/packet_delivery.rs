@@ -292,7 +292,7 @@ fn uplink_xdp_transmits_what_leaves_where_it_came_in_and_hands_pods_to_tc() {
     // the uplink's tc program to deliver. (The test run's output starts at the metadata.)
     let (rc, meta, out) = h.xdp(&tcp(EXTERNAL, 50000, NODE, 30080), net.wan);
     assert_eq!(rc, XDP_PASS);
-    assert_eq!(meta, Some(xdp_meta::FORWARDED), "hand-off metadata");
+    assert_eq!(meta, common::handed_to_tc(xdp_meta::FORWARDED), "hand-off metadata");
     let s = summarize(&out).unwrap();
     assert_eq!((s.dst, s.dport, s.src), (BACKEND, 8080, NODE));
     assert_eq!(h.counter(Counter::FwdXdpTx), 0);

@@ -12,7 +12,7 @@ use aya::{
 use lb_common::{ct_dir, ct_flags, ip_to_map, port_to_map, Counter, CtEntry, CtKey};
 mod common;
 
-use common::{counter, run_tc, run_xdp, run_xdp_meta, tcp};
+use common::{counter, handed_to_tc, run_tc, run_xdp, run_xdp_meta, tcp};
 use lb_tests::privileges::require_root;
 use lb_userspace::{
     config::ProxyFlags,
@@ -315,7 +315,7 @@ fn xdp_rejects_nodeport_without_endpoints() {
     let mut h = Harness::new();
     let syn = tcp(EXTERNAL, 43000, NODE, 30082, true);
     let (rc, meta, out) = run_xdp_meta(&mut h.ebpf, names::PROG_UPLINK, &syn, 0);
-    assert_eq!((rc, meta), (XDP_PASS, Some(lb_common::xdp_meta::ORIGINATED)));
+    assert_eq!((rc, meta), (XDP_PASS, handed_to_tc(lb_common::xdp_meta::ORIGINATED)));
     assert!(packet::is_port_unreachable(&out), "ICMP port unreachable with valid checksums");
     assert_eq!(&out[..12], &syn[..12], "Ethernet addresses kept: the kernel routes it");
     assert_eq!(&out[14 + 12..14 + 16], &NODE.octets(), "from the NodePort address");
@@ -358,12 +358,12 @@ fn source_ranges_drop_before_the_no_endpoint_reject() {
 
     let inside = Ipv4Addr::new(203, 0, 113, 2);
     let (rc, meta, out) = run_xdp_meta(&mut h.ebpf, names::PROG_UPLINK, &tcp(inside, 44101, lb_empty, 80, true), 0);
-    assert_eq!((rc, meta), (XDP_PASS, Some(lb_common::xdp_meta::ORIGINATED)));
+    assert_eq!((rc, meta), (XDP_PASS, handed_to_tc(lb_common::xdp_meta::ORIGINATED)));
     assert!(packet::is_port_unreachable(&out), "inside the ranges: ICMP port unreachable");
     assert_eq!(&out[14 + 12..14 + 16], &lb_empty.octets(), "from the LB IP");
 
     let (rc, meta, out) = run_xdp_meta(&mut h.ebpf, names::PROG_UPLINK, &tcp(outside, 44102, NODE, 30084, true), 0);
-    assert_eq!((rc, meta), (XDP_PASS, Some(lb_common::xdp_meta::ORIGINATED)));
+    assert_eq!((rc, meta), (XDP_PASS, handed_to_tc(lb_common::xdp_meta::ORIGINATED)));
     assert!(packet::is_port_unreachable(&out), "the NodePort bypasses the ranges: REJECT");
     assert_eq!((h.counter(Counter::DropSourceRange), h.counter(Counter::RejectNoEndpoint)), (1, 2));
 }

@@ -407,6 +407,11 @@ impl Attacher {
             let result = match hook {
                 Hook::PodIngress | Hook::UplinkIngress => self.attach_tc(ebpf, &name, hook, program, TcAttachType::Ingress),
                 Hook::HostEgress => self.attach_tc(ebpf, &name, hook, program, TcAttachType::Egress),
+                Hook::Uplink if placement.xdp_mode == XdpMode::Auto && !super::sys::xdp_has_metadata() => {
+                    info!(interface = %name, "this kernel's XDP has no bpf_xdp_adjust_meta (needed to hand packets for pods to tc): the uplink runs the tc ingress program");
+                    self.no_native_xdp.insert(name.clone(), idx);
+                    continue;
+                }
                 Hook::Uplink => match self.attach_xdp(ebpf, &name) {
                     Err(e) if placement.xdp_mode == XdpMode::Auto => {
                         info!(interface = %name, "no native XDP ({e:#}): the uplink runs the tc ingress program");

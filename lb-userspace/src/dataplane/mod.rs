@@ -103,6 +103,10 @@ pub fn load_object_from(file: Option<&std::path::Path>, cap: &Capacity, pins: Op
     let paths: Vec<(&str, std::path::PathBuf)> =
         pins.map(|p| names::ALL_OBJECT_MAPS.iter().map(|n| (*n, p.map_path(n))).collect()).unwrap_or_default();
     let mut loader = EbpfLoader::new();
+    // Kernels whose XDP refuses bpf_xdp_adjust_meta: the uplink program leaves what it would
+    // hand to its tc program to the stack (counted), and `--xdp-mode auto` prefers tc there.
+    let xdp_meta = u8::from(sys::xdp_has_metadata());
+    loader.override_global("XDP_META", &xdp_meta, false);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }

@@ -26,6 +26,13 @@ pub fn run_xdp(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
     (rc, out)
 }
 
+/// The XDP metadata a frame handed to the uplink's tc program carries: `kind`, or none on a
+/// kernel whose XDP has no `bpf_xdp_adjust_meta` (the frame then goes to the stack, counted
+/// as `stack_no_xdp_metadata`).
+pub fn handed_to_tc(kind: u32) -> Option<u32> {
+    lb_userspace::dataplane::sys::xdp_has_metadata().then_some(kind)
+}
+
 /// Runs `frame` through the loaded XDP program `name` as if it arrived on `ingress` (0: the
 /// loopback): (return code, the 4-byte XDP metadata the program left if any, output frame).
 pub fn run_xdp_meta(ebpf: &mut Ebpf, name: &str, frame: &[u8], ingress: u32) -> (u32, Option<u32>, Vec<u8>) {
