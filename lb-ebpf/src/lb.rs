@@ -235,7 +235,7 @@ fn new_flow<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, a: &FlowArgs) -> Verdict
     let masquerade = (decision.masquerade || policy::hairpin(pkt.saddr, b.addr)) && cfg.snat_addr != 0;
     let nat_addr = if masquerade { cfg.snat_addr } else { pkt.saddr };
     let on_node = masquerade || source == Source::Host;
-    let r = Reservation { pkt, l4, b: &b, key, cfg, nat_addr, on_node, now };
+    let r = Reservation { pkt, l4, b: &b, key, cfg, nat_addr, masquerade, on_node, now };
     if !reserve(f, &r) {
         st.inc(Counter::DropNoSnatPort);
         return Verdict::Drop;
@@ -313,6 +313,7 @@ struct Reservation<'a> {
     key: &'a CtKey,
     cfg: &'a Config,
     nat_addr: u32,
+    masquerade: bool,
     on_node: bool,
     now: u64,
 }
@@ -350,7 +351,7 @@ fn reserve<F: Frame>(f: &F, r: &Reservation) -> bool {
             proto: pkt.proto,
             syn: (pkt.proto == PROTO_TCP && state == flow::tcp::SYN_SENT) as u8,
             result: SEARCH_NONE,
-            _pad: 0,
+            masquerade: r.masquerade as u8,
             seq: l4.seq,
         };
     }
@@ -427,7 +428,9 @@ pub struct PortSearch {
     proto: u8,
     syn: u8,
     result: u8,
-    _pad: u8,
+    /// Masqueraded: the flow is source-NATed even when the node's address and the client's
+    /// port are what the client sent (a node client: kube-proxy marks it all the same).
+    masquerade: u8,
     seq: u32,
 }
 
@@ -454,7 +457,7 @@ fn try_candidate(port: u16) -> u8 {
     // SAFETY: this CPU's scratch value (see `reserve`).
     let (s, entry, reply) = unsafe { (&mut (*sc).search, &mut (*sc).forward, &mut (*sc).reply) };
     s.port = port;
-    let translated = s.nat_addr != s.client_addr || port != s.client_port;
+    let translated = s.masquerade != 0 || s.nat_addr != s.client_addr || port != s.client_port;
     entry.flags = if translated { ct_flags::SNAT } else { 0 };
     entry.nat_addr = if translated { s.nat_addr } else { 0 };
     entry.nat_port = if translated { port } else { 0 };

@@ -21,6 +21,55 @@ fn hello(dst: SocketAddrV4, timeout: Duration) -> Result<(String, BufReader<TcpS
     Ok((line.trim().to_string(), r))
 }
 
+/// A TCP connection from local port `sport` (bound with SO_REUSEADDR, so several connections
+/// to different destinations may share it) to `dst`, with the backend's name read. Call inside
+/// the client's namespace.
+pub fn hello_from(sport: u16, dst: SocketAddrV4, timeout: Duration) -> Result<(String, BufReader<TcpStream>)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on an fd we own; the sockaddr structs outlive the calls.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+        // A connect() timeout.
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32);
+        let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as _,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+            sin_zero: [0; 8],
+        };
+        let local = sa(std::net::Ipv4Addr::UNSPECIFIED, sport);
+        let len = size_of::<libc::sockaddr_in>() as u32;
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            anyhow::bail!("bind :{sport}: {}", std::io::Error::last_os_error());
+        }
+        let remote = sa(*dst.ip(), dst.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            anyhow::bail!("connect {dst} from :{sport}: {}", std::io::Error::last_os_error());
+        }
+        stream
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).context("reading the backend's name")?;
+    anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
+    Ok((line.trim().to_string(), r))
+}
+
+/// Sends "ping" on a connection from [`hello_from`] and reads the answer.
+pub fn ping(conn: &mut BufReader<TcpStream>) -> Result<String> {
+    conn.get_mut().write_all(b"ping\n")?;
+    let mut line = String::new();
+    conn.read_line(&mut line)?;
+    anyhow::ensure!(!line.is_empty(), "connection closed");
+    Ok(line.trim().to_string())
+}
+
 /// `n` sequential new TCP connections: connect, read the backend's name, close.
 pub fn tcp_hello(netns: &str, dst: SocketAddrV4, n: usize, timeout: Duration) -> Vec<Result<String>> {
     in_netns(netns, || (0..n).map(|_| hello(dst, timeout).map(|(name, _)| name)).collect())

@@ -67,7 +67,8 @@ fn main() -> anyhow::Result<()> {
         threads.push(std::thread::spawn(move || {
             for s in l.incoming().flatten() {
                 let a = answer_for(&name, report_peer, s.peer_addr().ok());
-                std::thread::spawn(move || serve(s, a));
+                // Small stacks: the SNAT capacity test holds 10 000 connections open.
+                let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || serve(s, a));
             }
         }));
     }
