@@ -31,6 +31,7 @@ pub fn pack_table(words: &[u32]) -> std::vec::Vec<[u32; 2]> {
     words.chunks(2).map(|c| [c[0], c.get(1).copied().unwrap_or(BACKEND_NONE)]).collect()
 }
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
@@ -448,10 +449,13 @@ pub enum Counter {
     /// Translated packets the uplink's XDP program had to leave to the kernel's stack because
     /// this kernel's XDP has no metadata (`bpf_xdp_adjust_meta`) to hand them to its tc program.
     StackNoXdpMeta = 29,
+    /// ICMP errors (destination unreachable, fragmentation needed, time exceeded, parameter
+    /// problem) about a translated flow, translated: outer addresses and the quoted packet.
+    IcmpRelated = 30,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 31;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
         Counter::Bytes,
@@ -483,6 +487,7 @@ impl Counter {
         Counter::Reopened,
         Counter::HalfRestored,
         Counter::StackNoXdpMeta,
+        Counter::IcmpRelated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -517,6 +522,7 @@ impl Counter {
             Counter::Reopened => "reopened_flows",
             Counter::HalfRestored => "ct_half_restored",
             Counter::StackNoXdpMeta => "stack_no_xdp_metadata",
+            Counter::IcmpRelated => "icmp_errors_translated",
         }
     }
 }

@@ -9,7 +9,8 @@
 //!    (`lb_common::policy`), pick the backend (affinity, else Maglev), reserve a masquerade
 //!    port if needed and record both directions; then DNAT (and SNAT).
 //! 3. Otherwise, a reply of a tracked flow (backend → client or → masquerade address):
-//!    restore the frontend as source (and the client as destination).
+//!    restore the frontend as source (and the client as destination). An ICMP error about a
+//!    tracked flow is translated like the packet it quotes (`related`).
 //! 4. Otherwise pass untouched.
 //!
 //! A translated packet's new addresses (and, for a tracked flow, its next hop from the
@@ -26,8 +27,8 @@ use lb_common::{
     flow::{self, Dir},
     hash::flow_hash,
     policy::{self, EndpointSet, Source},
-    port_from_map, port_to_map, svc_flags, Backend, Config, Counter, CtEntry, CtKey, ServiceValue, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
+    port_from_map, port_to_map, svc_flags, Backend, Config, Counter, CtEntry, CtKey, ServiceValue, PROTO_ICMP, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -37,7 +38,7 @@ use crate::{
     fwd::{self, Fwd, Hop},
     nat::{self, Side},
     parse::{self, Ipv4Packet, Parsed, L4},
-    reject, service,
+    reject, related, service,
     stats::Stats,
 };
 
@@ -67,6 +68,11 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
     out.proto = pkt.proto;
 
     if !pkt.has_l4 {
+        if pkt.proto == PROTO_ICMP && !pkt.fragment {
+            // Echo requests to a frontend pass untouched, as under kube-proxy's iptables mode
+            // (nothing answers a ClusterIP ping); errors about a translated flow are translated.
+            return related::process(f, st, out, &pkt);
+        }
         // Fragments and truncated headers cannot be translated consistently: never let them
         // reach a service address un-NATed.
         if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr) {

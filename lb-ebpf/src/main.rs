@@ -29,6 +29,7 @@ mod noop;
 mod parse;
 mod pktgen;
 mod reject;
+mod related;
 mod service;
 mod stats;
 

@@ -7,7 +7,8 @@
 //! - IP options (IHL > 5): parsed, the L4 header is found after them;
 //! - fragments and truncated L4 headers: `has_l4` is false; the caller drops them if they are
 //!   addressed to a service address (they could not be translated consistently) and passes
-//!   them otherwise.
+//!   them otherwise;
+//! - ICMP: `has_l4` is false; errors about a translated flow are translated (`related`).
 
 use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
@@ -56,6 +57,8 @@ pub struct Ipv4Packet {
     pub l4: L4,
     /// False for fragments, truncated L4 headers and protocols without ports.
     pub has_l4: bool,
+    /// A fragment (MF set or a non-zero offset).
+    pub fragment: bool,
 }
 
 impl L4 {
@@ -106,6 +109,7 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
         l4_off,
         l4: L4::NONE,
         has_l4: false,
+        fragment,
     };
     let l4_len = match pkt.proto {
         PROTO_TCP => 20,

@@ -628,9 +628,14 @@ fn masquerade_ports_hold_up_at_production_connection_rates() {
     if !require_root("masquerade_ports_hold_up_at_production_connection_rates") {
         return;
     }
-    // 10 000 sockets on each side (the echo servers inherit the limit).
-    let lim = libc::rlimit { rlim_cur: 65_536, rlim_max: 65_536 };
-    // SAFETY: setrlimit with a valid struct.
+    // 10 000 sockets on each side (the echo servers inherit the limit): raise the soft limit
+    // to the hard one (at least 12 000 are needed).
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert!(lim.rlim_max >= 12_000, "RLIMIT_NOFILE hard limit {} is below 12 000", lim.rlim_max);
+    lim.rlim_cur = lim.rlim_max.min(65_536);
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0, "RLIMIT_NOFILE");
     let c = setup("x11");
     // The client's own ports must not run out first (20 000 of them stay in TIME_WAIT).

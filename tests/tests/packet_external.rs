@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
+use etherparse::PacketBuilder;
 use aya::{
     maps::{HashMap, MapData},
     Ebpf,
@@ -421,4 +422,105 @@ fn host_egress_balances_the_nodes_own_connections() {
     let (rc, out) = h.tc(names::PROG_HOST_EGRESS, &tcp(NODE, 47001, Ipv4Addr::new(10, 96, 0, 12), 80, true));
     assert_eq!(rc, TC_ACT_REDIRECT);
     assert!(packet::is_port_unreachable(&out));
+}
+
+/// An ICMP error from `from` to `to` quoting `quote` (an IPv4 packet, cut to `len` bytes).
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, icmp_type: etherparse::Icmpv4Type, quote: &[u8], len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
+        .ipv4(from.octets(), to.octets(), 64)
+        .icmpv4(icmp_type)
+        .write(&mut out, &quote[..quote.len().min(len)])
+        .unwrap();
+    out
+}
+
+fn frag_needed() -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 })
+}
+
+/// The outer addresses and the quote of an ICMP error frame, every checksum checked with
+/// etherparse (outer IPv4 header, ICMP over its payload, the quoted IPv4 header).
+fn icmp_summary(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
+    let p = etherparse::SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("not IPv4") };
+    let h = ip.header();
+    assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum(), "outer IPv4 checksum");
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
+    let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
+    assert_eq!(icmp.checksum(), want.checksum, "ICMP checksum");
+    let quote = icmp.payload().to_vec();
+    let qh = etherparse::Ipv4HeaderSlice::from_slice(&quote).unwrap();
+    assert_eq!(qh.to_header().calc_header_checksum(), qh.header_checksum(), "quoted IPv4 checksum");
+    (Ipv4Addr::from(h.source()), Ipv4Addr::from(h.destination()), quote)
+}
+
+/// ICMP errors about translated flows (netfilter's RELATED) are translated both ways: a router's
+/// "fragmentation needed" for a masqueraded NodePort flow's packet reaches the external client
+/// from the NodePort address, quoting what the client sent; one for the backend's reply reaches
+/// the backend, quoting what it sent; a UDP backend's port unreachable reaches a pod client
+/// from the ClusterIP. With the whole packet quoted, the quote is byte for byte the original
+/// (transport checksum included); with 8 bytes quoted, the headers are. An error that matches
+/// no flow, and an echo request to a ClusterIP, pass byte-identical.
+#[test]
+fn icmp_errors_of_translated_flows_are_translated() {
+    if !require_root("icmp_errors_of_translated_flows_are_translated") {
+        return;
+    }
+    let mut h = Harness::new();
+    let router = Ipv4Addr::new(192, 168, 0, 99);
+    // External client → NodePort (masqueraded) and the backend's reply.
+    let input = tcp(EXTERNAL, 40500, NODE, 30080, true);
+    let (_, out) = h.xdp(&input);
+    let s = assert_valid(&out);
+    let reply = tcp(s.dst, 8080, NODE, s.sport, false);
+    let (_, back) = h.xdp(&reply);
+    assert_valid(&back);
+
+    for len in [usize::MAX, 28] {
+        // A router between the node and the backend cannot forward the translated packet.
+        let err = icmp_error(router, NODE, frag_needed(), &out[14..], len);
+        let (rc, t) = h.xdp(&err);
+        assert_ne!(rc, XDP_DROP);
+        let (src, dst, quote) = icmp_summary(&t);
+        assert_eq!((src, dst), (NODE, EXTERNAL), "from the NodePort address to the client");
+        let n = quote.len();
+        assert_eq!(&quote[..], &input[14..14 + n], "the quote is what the client sent ({len})");
+
+        // A router on the client's side cannot forward the reverse-NATed reply.
+        let err = icmp_error(router, NODE, frag_needed(), &back[14..], len);
+        let (_, t) = h.xdp(&err);
+        let (src, dst, quote) = icmp_summary(&t);
+        assert_eq!((src, dst), (NODE, s.dst), "from the masquerade address to the backend");
+        let n = quote.len();
+        assert_eq!(&quote[..], &reply[14..14 + n], "the quote is what the backend sent ({len})");
+    }
+    assert_eq!(h.counter(Counter::IcmpRelated), 4);
+
+    // A pod's UDP flow to a ClusterIP; the backend's port is closed.
+    let q = packet::build(Protocol::Udp, POD, 5555, Ipv4Addr::new(10, 96, 0, 10), 53, b"question");
+    let (_, out) = h.tc(names::PROG_POD_INGRESS, &q);
+    let s = assert_valid(&out);
+    assert_eq!((s.src, s.dport), (POD, 5353));
+    let unreach = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
+    let err = icmp_error(s.dst, POD, unreach.clone(), &out[14..], usize::MAX);
+    let (_, t) = h.tc(names::PROG_POD_INGRESS, &err);
+    let (src, dst, quote) = icmp_summary(&t);
+    assert_eq!((src, dst), (Ipv4Addr::new(10, 96, 0, 10), POD), "from the ClusterIP to the client");
+    assert_eq!(&quote[..], &q[14..], "quoting the client's datagram");
+    assert_eq!(h.counter(Counter::IcmpRelated), 5);
+
+    // No flow: untouched. An echo request to a ClusterIP: untouched (iptables mode routes it).
+    let stray = icmp_error(router, NODE, unreach, &tcp(NODE, 1111, EXTERNAL, 2222, false)[14..], usize::MAX);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(packet::SRC_MAC, packet::DST_MAC)
+        .ipv4(POD.octets(), [10, 96, 0, 10], 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    for frame in [stray, echo] {
+        let (rc, t) = h.tc(names::PROG_POD_INGRESS, &frame);
+        assert_eq!((rc, &t[..]), (TC_ACT_OK, &frame[..]), "passed byte-identical");
+    }
+    assert_eq!(h.counter(Counter::IcmpRelated), 5);
 }

@@ -294,7 +294,7 @@ impl Generator {
     /// `batch` frames per kernel batch (≤ 256), from a thread pinned to `cpu`.
     pub fn run(&mut self, netns: Option<&str>, ifname: &str, count: u32, batch: u32, start: u64, cpu: usize) -> Result<RunStats> {
         self.set_counter(start)?;
-        let frame = self.frame.clone();
+        let (frame, config) = (self.frame.clone(), self.config);
         let prog: &mut Xdp = self.ebpf.program_mut(PROG_GENERATOR).context("lb_pktgen missing")?.try_into()?;
         in_netns(netns, move || {
             // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
@@ -307,25 +307,157 @@ impl Generator {
             // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
             let md: [u32; 6] = [0, frame.len() as u32, 0, idx, 0, 0];
             let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
-            let cpu0 = thread_cpu_ns() + ksoftirqd_cpu_ns(cpu);
-            let t = Instant::now();
-            let r = prog
-                .test_run(TestRunOptions {
+            if !live_frames_refused() {
+                let cpu0 = thread_cpu_ns() + ksoftirqd_cpu_ns(cpu);
+                let t = Instant::now();
+                let r = prog.test_run(TestRunOptions {
                     data_in: Some(&frame),
                     ctx_in: Some(&ctx),
                     repeat: count,
                     attrs: TestRunAttrs::new().xdp_live_frames(batch),
                     ..TestRunOptions::new()
-                })
-                .context("BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
-            let elapsed = t.elapsed();
-            Ok(RunStats {
-                frames: count as u64,
-                elapsed_ns: elapsed.as_nanos() as u64,
-                kernel_ns_per_frame: r.duration.as_nanos() as u64,
-                cpu_ns: (thread_cpu_ns() + ksoftirqd_cpu_ns(cpu)).saturating_sub(cpu0),
-            })
+                });
+                match r {
+                    Ok(r) => {
+                        return Ok(RunStats {
+                            frames: count as u64,
+                            elapsed_ns: t.elapsed().as_nanos() as u64,
+                            kernel_ns_per_frame: r.duration.as_nanos() as u64,
+                            cpu_ns: (thread_cpu_ns() + ksoftirqd_cpu_ns(cpu)).saturating_sub(cpu0),
+                        })
+                    }
+                    Err(e) if refused(&e) => {
+                        LIVE_FRAMES_REFUSED.store(true, std::sync::atomic::Ordering::Relaxed);
+                        eprintln!("lb-pktgen: this kernel refuses BPF_F_TEST_XDP_LIVE_FRAMES ({e}): sending with AF_PACKET");
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")),
+                }
+            }
+            af_packet::send(idx, &config, &frame, count, batch, start, config.action == ACTION_TX, cpu)
         })
+    }
+}
+
+static LIVE_FRAMES_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the kernel refused a live-frames run (some builds do: EPERM, EOPNOTSUPP); from then
+/// on the generator sends with [`af_packet`].
+pub fn live_frames_refused() -> bool {
+    LIVE_FRAMES_REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The engine the generator used (for the report).
+pub fn engine_name() -> &'static str {
+    if live_frames_refused() {
+        "af-packet"
+    } else {
+        "xdp-live-frames"
+    }
+}
+
+fn refused(e: &aya::programs::ProgramError) -> bool {
+    let text = format!("{e:?}");
+    ["Operation not permitted", "Operation not supported", "os error 1)", "os error 95)", "os error 524)"].iter().any(|m| text.contains(m))
+}
+
+/// The fallback engine for kernels without live frames: the same frames, stamped here with
+/// [`stamp`] (what `lb_pktgen` does per frame), sent from user space through an AF_PACKET
+/// socket bound to the interface with `PACKET_QDISC_BYPASS`, `batch` frames per `sendmmsg`.
+/// veth delivers on the sending CPU, so the node's work and the sink still run in the softirqs
+/// of this thread; the per-frame figure is the wall time of the sends over the frames (it
+/// includes the system calls: compare with the floor measured the same way, never across
+/// engines). Hand-written: no maintained crate wraps AF_PACKET transmission alone.
+mod af_packet {
+    use std::time::Instant;
+
+    use anyhow::{ensure, Result};
+    use lb_common::pktgen::PktgenConfig;
+
+    use super::{ksoftirqd_cpu_ns, stamp, thread_cpu_ns, RunStats};
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send(
+        ifindex: u32,
+        cfg: &PktgenConfig,
+        template: &[u8],
+        count: u32,
+        batch: u32,
+        start: u64,
+        transmit: bool,
+        cpu: usize,
+    ) -> Result<RunStats> {
+        let batch = batch.clamp(1, 256) as usize;
+        let len = template.len();
+        let mut bufs = vec![template.to_vec(); batch];
+        // SAFETY: a plain socket; closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        let close = Fd(fd);
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with an int; bind with a sockaddr_ll of the right size.
+        unsafe {
+            libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&one as *const libc::c_int).cast(), 4);
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            let rc = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            ensure!(rc == 0, "binding AF_PACKET to ifindex {ifindex}: {}", std::io::Error::last_os_error());
+        }
+        let cpu0 = thread_cpu_ns() + ksoftirqd_cpu_ns(cpu);
+        let t = Instant::now();
+        let mut sent = 0u64;
+        while sent < count as u64 {
+            let n = (count as u64 - sent).min(batch as u64) as usize;
+            for (i, b) in bufs.iter_mut().take(n).enumerate() {
+                stamp(cfg, b, start + sent + i as u64);
+            }
+            if transmit {
+                let mut iov: Vec<libc::iovec> =
+                    bufs.iter_mut().take(n).map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: len }).collect();
+                // SAFETY: msghdrs pointing at live iovecs of live buffers.
+                let mut msgs: Vec<libc::mmsghdr> = iov
+                    .iter_mut()
+                    .map(|v| {
+                        let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                        m.msg_hdr.msg_iov = v;
+                        m.msg_hdr.msg_iovlen = 1;
+                        m
+                    })
+                    .collect();
+                let mut done = 0usize;
+                while done < n {
+                    // SAFETY: the vector holds n - done valid headers from `done`.
+                    let rc = unsafe { libc::sendmmsg(fd, msgs[done..].as_mut_ptr(), (n - done) as u32, 0) };
+                    if rc < 0 {
+                        let err = std::io::Error::last_os_error();
+                        // A full device queue: try again (veth without a qdisc).
+                        if matches!(err.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) {
+                            std::thread::yield_now();
+                            continue;
+                        }
+                        anyhow::bail!("sendmmsg: {err}");
+                    }
+                    done += rc as usize;
+                }
+            }
+            sent += n as u64;
+        }
+        let elapsed = t.elapsed().as_nanos() as u64;
+        drop(close);
+        Ok(RunStats {
+            frames: count as u64,
+            elapsed_ns: elapsed,
+            kernel_ns_per_frame: elapsed / u64::from(count.max(1)),
+            cpu_ns: (thread_cpu_ns() + ksoftirqd_cpu_ns(cpu)).saturating_sub(cpu0),
+        })
+    }
+
+    struct Fd(i32);
+    impl Drop for Fd {
+        fn drop(&mut self) {
+            // SAFETY: our descriptor.
+            unsafe { libc::close(self.0) };
+        }
     }
 }
 

@@ -158,7 +158,7 @@ fn main() -> Result<()> {
         runs.push(Run { stats, delivered });
     }
     let mac = dst_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let engine = if engine == Engine::Kernel { "pktgen" } else { "xdp-live-frames" };
+    let engine = if engine == Engine::Kernel { "pktgen" } else { lb_userspace::bench::pktgen::engine_name() };
     let out = serde_json::json!({ "engine": engine, "frame_len": a.size, "dst_mac": mac, "next_start": start, "runs": runs });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
