@@ -331,7 +331,7 @@ struct Reservation<'a> {
 /// ports of the configured range outside the node's ephemeral range ([`try_port`], run by
 /// `bpf_loop`: the verifier checks its body once, not once per port). On the node's address a
 /// port a local socket holds for the tuple (`bpf_sk_lookup_*`: a connection to the backend,
-/// or a listener) is skipped. A closed TCP connection's tuple is taken over by a SYN. False
+/// or a listener) is skipped. A closed TCP connection's tuple is taken over by a SYN when no free one was found ([`may_take_over`]). False
 /// if every candidate was taken.
 #[inline(always)]
 fn reserve<F: Frame>(f: &F, r: &Reservation) -> bool {
@@ -395,9 +395,18 @@ fn reserve<F: Frame>(f: &F, r: &Reservation) -> bool {
         // The candidate's holder expired, is closed (a SYN takes its tuple over) or is this
         // very connection (created by another CPU at the same time).
         // SAFETY: as above.
-        SEARCH_SETTLE => !matches!(conntrack::claim(&s.out, unsafe { &(*sc).reply }, r.key, s.syn != 0, r.now), Claim::Taken),
+        SEARCH_SETTLE => !matches!(conntrack::claim(&s.out, unsafe { &(*sc).reply }, r.key, may_take_over(s), r.now), Claim::Taken),
         _ => false,
     }
+}
+
+/// Whether the candidate may take a closed connection's tuple over: a SYN, and only once the
+/// client's own port and the first half of the tries found no free tuple. The backend may
+/// still hold that tuple's socket in TIME_WAIT, which accepts a new SYN only if its sequence
+/// number or timestamp is newer, so a free tuple is always preferred.
+#[inline(always)]
+fn may_take_over(s: &PortSearch) -> bool {
+    s.syn != 0 && s.next > SNAT_TRIES / 2
 }
 
 /// How many ports of the source NAT range a new flow tries after the client's own.
@@ -473,7 +482,7 @@ fn try_candidate(port: u16) -> u8 {
     reply.seq = if s.syn != 0 { s.seq.wrapping_add(1) } else { 0 };
     s.result = if conntrack::insert_new(&s.out, reply) {
         SEARCH_WON
-    } else if conntrack::holder_keeps(&s.out, &s.key, s.syn != 0, s.now) {
+    } else if conntrack::holder_keeps(&s.out, &s.key, may_take_over(s), s.now) {
         SEARCH_NONE
     } else {
         SEARCH_SETTLE

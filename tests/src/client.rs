@@ -98,6 +98,13 @@ impl HeldTcp {
         Ok(HeldTcp { conns })
     }
 
+    /// Opens `n` connections, keeping those that succeed: (the held ones, how many failed).
+    pub fn open_counting(netns: &str, dst: SocketAddrV4, n: usize, timeout: Duration) -> (HeldTcp, usize) {
+        let results = in_netns(netns, || (0..n).map(|_| hello(dst, timeout)).collect::<Vec<_>>());
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        (HeldTcp { conns: results.into_iter().filter_map(Result::ok).collect() }, failed)
+    }
+
     /// The backend name each connection got when it was opened.
     pub fn names(&self) -> Vec<String> {
         self.conns.iter().map(|(n, _)| n.clone()).collect()
