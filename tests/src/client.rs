@@ -13,6 +13,11 @@ use crate::netns::in_netns;
 
 fn hello(dst: SocketAddrV4, timeout: Duration) -> Result<(String, BufReader<TcpStream>)> {
     let s = TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout).with_context(|| format!("connect {dst}"))?;
+    read_name(s, timeout)
+}
+
+/// Reads the backend's name, the first line an echo server sends on a new connection.
+fn read_name(s: TcpStream, timeout: Duration) -> Result<(String, BufReader<TcpStream>)> {
     s.set_read_timeout(Some(timeout))?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
@@ -53,12 +58,7 @@ pub fn hello_from(sport: u16, dst: SocketAddrV4, timeout: Duration) -> Result<(S
         }
         stream
     };
-    stream.set_read_timeout(Some(timeout))?;
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line).context("reading the backend's name")?;
-    anyhow::ensure!(!line.is_empty(), "connection closed without an answer");
-    Ok((line.trim().to_string(), r))
+    read_name(stream, timeout)
 }
 
 /// Sends "ping" on a connection from [`hello_from`] and reads the answer.
