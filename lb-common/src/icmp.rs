@@ -193,7 +193,14 @@ mod tests {
         // (tcp, payload, quote length): the whole packet quoted (its transport checksum can be
         // verified), or only the header and 8 bytes (RFC 792's minimum: no transport checksum
         // for TCP), for TCP and UDP.
-        let cases = [(true, 0usize, usize::MAX), (true, 100, usize::MAX), (true, 0, 28), (false, 0, usize::MAX), (false, 333, usize::MAX), (false, 0, 28)];
+        let cases = [
+            (true, 0usize, usize::MAX),
+            (true, 100, usize::MAX),
+            (true, 0, 28),
+            (false, 0, usize::MAX),
+            (false, 333, usize::MAX),
+            (false, 0, 28),
+        ];
         let to = Tuple { src: [10, 244, 1, 10], sport: 40000u16.to_be_bytes(), dst: [10, 96, 0, 10], dport: 80u16.to_be_bytes() };
         for (tcp, payload, quote) in cases {
             let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();

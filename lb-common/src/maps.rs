@@ -17,6 +17,7 @@
 //! | `LB_NODE_ADDRS` | hash | address → `u8` (this node's own addresses) | agent |
 //! | `LB_CONFIG` | array[1] | [`Config`] | agent |
 //! | `LB_STATS` | per-CPU array[1] | [`Counters`] (one block: one lookup per packet) | datapath |
+//! | `LB_FRAGS` | LRU hash | [`FragKey`] → [`FragPorts`] (the ports of a translated datagram's first fragment) | datapath |
 //! | `LB_IFACES` | array | [`iface_slot`]`(ifindex)` → [`IfaceEntry`] (how the datapath may deliver to an interface) | agent |
 
 use bytemuck::{Pod, Zeroable};
@@ -452,10 +453,16 @@ pub enum Counter {
     /// ICMP errors (destination unreachable, fragmentation needed, time exceeded, parameter
     /// problem) about a translated flow, translated: outer addresses and the quoted packet.
     IcmpRelated = 30,
+    /// Fragments after the first of a translated datagram, translated with the ports its
+    /// first fragment carried (`LB_FRAGS`).
+    FragmentsTranslated = 31,
+    /// Fragments to a service address whose first fragment was not seen (lost, reordered
+    /// behind them, or of a flow that is not tracked): dropped, never delivered un-NATed.
+    DropFragment = 32,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 33;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
         Counter::Bytes,
@@ -488,6 +495,8 @@ impl Counter {
         Counter::HalfRestored,
         Counter::StackNoXdpMeta,
         Counter::IcmpRelated,
+        Counter::FragmentsTranslated,
+        Counter::DropFragment,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -523,17 +532,56 @@ impl Counter {
             Counter::HalfRestored => "ct_half_restored",
             Counter::StackNoXdpMeta => "stack_no_xdp_metadata",
             Counter::IcmpRelated => "icmp_errors_translated",
+            Counter::FragmentsTranslated => "fragments_translated",
+            Counter::DropFragment => "drop_fragment_without_first",
         }
     }
 }
 
 /// Every counter of one CPU (`LB_STATS[0]`): a packet looks its CPU's block up once and
-/// increments fields of it.
+/// increments fields of it. The block has room for [`COUNTER_SLOTS`] counters, more than
+/// exist: a new counter keeps the map's value size, so an agent that adds one still adopts
+/// the pinned map of the agent before it (slots past [`Counter::COUNT`] stay 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Counters {
-    pub v: [u64; Counter::COUNT as usize],
+    pub v: [u64; COUNTER_SLOTS],
 }
+
+/// Slots of [`Counters`].
+pub const COUNTER_SLOTS: usize = 64;
+const _: () = assert!(Counter::COUNT as usize <= COUNTER_SLOTS);
+
+/// A fragmented datagram as it arrived (`LB_FRAGS`): addresses in map representation, the
+/// IPv4 identification as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The ports of a fragmented datagram's first fragment (map representation), and when it was
+/// seen: a later fragment is translated with them, as its first fragment was. Entries older
+/// than [`FRAG_TIMEOUT_NS`] (the kernel's `ipfrag_time`) belong to an earlier datagram that
+/// reused the identification and are ignored.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragPorts {
+    pub seen_ns: u64,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+
+/// How long a first fragment's ports serve its later fragments (the kernel's default
+/// `net.ipv4.ipfrag_time`: a receiver gives up reassembling after that).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Default `LB_FRAGS` capacity (datagrams in flight at once).
+pub const DEFAULT_FRAG_ENTRIES: u32 = 8192;
 
 /// `skb->mark` a tc program sets on a packet it redirects to an interface's egress: our egress
 /// program there clears it and lets the packet go without parsing and looking it up again.
@@ -617,6 +665,8 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for IfaceEntry {}
 }
 
@@ -650,7 +700,9 @@ mod tests {
         assert_eq!(offset_of!(Config, timeouts), 16);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
-        assert_eq!(size_of::<Counters>(), 8 * Counter::COUNT as usize);
+        assert_eq!(size_of::<Counters>(), 8 * 64, "the value size of a pinned map: never changes");
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragPorts>(), 16);
         assert_eq!(source_range_data(0x0102_0304, ip_to_map([10, 0, 0, 9])), [1, 2, 3, 4, 10, 0, 0, 9]);
     }
 

@@ -1,7 +1,8 @@
 //! The per-packet decision, shared by every hook (pod-facing tc ingress, host tc egress,
 //! uplink XDP).
 //!
-//! 1. Parse; anything that is not IPv4 passes untouched.
+//! 1. Parse; anything that is not IPv4 passes untouched. A first fragment leaves its ports for
+//!    the later ones, which are translated as it was (`frag`).
 //! 2. A packet to a service frontend (ClusterIP, NodePort, ExternalIP, LoadBalancer IP): find
 //!    its flow in conntrack; if it is new (or its backend is gone, or is a UDP backend that
 //!    stopped serving): REJECT when the service port has no usable endpoint, DROP a source
@@ -34,28 +35,15 @@ use lb_common::{
 use crate::{
     affinity,
     conntrack::{self, Claim},
+    frag,
     frame::Frame,
     fwd::{self, Fwd, Hop},
     nat::{self, Side},
-    parse::{self, Ipv4Packet, Parsed, L4},
+    parse::{self, Ipv4Packet, Parsed, FRAG_LATER, FRAG_NONE, L4},
     reject, related, service,
     stats::Stats,
+    verdict::Verdict,
 };
-
-pub enum Verdict {
-    /// Let the packet continue (translated or not).
-    Pass,
-    /// A service packet or a reply was translated to the addresses `process` wrote into its
-    /// `out`: the caller delivers it (`fwd`).
-    Translated,
-    Drop,
-    /// Dropped: a rewrite helper refused the packet (logged by the program).
-    RewriteFailed,
-    /// The frame was rewritten into an ICMP port unreachable for its sender.
-    Reject,
-    /// (Inside `process` only: the packet starts a new flow.)
-    NewFlow,
-}
 
 #[inline(always)]
 pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
@@ -66,15 +54,30 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
     st.inc(Counter::Packets);
     st.add(Counter::Bytes, f.len() as u64);
     out.proto = pkt.proto;
+    // Fragments are dealt with here and nothing below looks at them again (the verifier would
+    // otherwise explore the whole pipeline once more for them).
+    if pkt.frag != FRAG_NONE {
+        if pkt.frag == FRAG_LATER {
+            return frag::later(f, st, out, &pkt);
+        }
+        if pkt.proto == PROTO_ICMP {
+            return Verdict::Pass;
+        }
+        frag::remember(&pkt);
+    }
+    dispatch(f, st, out, &pkt)
+}
 
+#[inline(always)]
+fn dispatch<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet) -> Verdict {
     if !pkt.has_l4 {
-        if pkt.proto == PROTO_ICMP && !pkt.fragment {
+        if pkt.proto == PROTO_ICMP {
             // Echo requests to a frontend pass untouched, as under kube-proxy's iptables mode
             // (nothing answers a ClusterIP ping); errors about a translated flow are translated.
-            return related::process(f, st, out, &pkt);
+            return related::process(f, st, out, pkt);
         }
-        // Fragments and truncated headers cannot be translated consistently: never let them
-        // reach a service address un-NATed.
+        // Truncated headers (and SCTP fragments) cannot be translated consistently: never let
+        // them reach a service address un-NATed.
         if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr) {
             st.inc(Counter::DropUnparsable);
             return Verdict::Drop;
@@ -84,7 +87,7 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
     let l4 = &pkt.l4;
 
     if let Some(svc) = service::lookup(pkt.daddr, l4.dport, pkt.proto) {
-        let a = FlowArgs { pkt: &pkt, svc: &svc };
+        let a = FlowArgs { pkt, svc: &svc };
         // The established path and the new-flow path are separate BPF functions, called one
         // after the other from here: the verifier limits the stack of a call chain (512
         // bytes), and each needs a good part of it.
@@ -93,7 +96,7 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd) -> Verdict {
             v => v,
         };
     }
-    reply(f, st, out, &pkt, l4)
+    reply(f, st, out, pkt, l4)
 }
 
 /// Client → frontend, on a tracked flow; [`Verdict::NewFlow`] when there is none (or it has
@@ -395,7 +398,9 @@ fn reserve<F: Frame>(f: &F, r: &Reservation) -> bool {
         // The candidate's holder expired, is closed (a SYN takes its tuple over) or is this
         // very connection (created by another CPU at the same time).
         // SAFETY: as above.
-        SEARCH_SETTLE => !matches!(conntrack::claim(&s.out, unsafe { &(*sc).reply }, r.key, may_take_over(s), r.now), Claim::Taken),
+        SEARCH_SETTLE => {
+            !matches!(conntrack::claim(&s.out, unsafe { &(*sc).reply }, r.key, may_take_over(s), r.now), Claim::Taken)
+        }
         _ => false,
     }
 }

@@ -20,6 +20,7 @@
 
 mod affinity;
 mod conntrack;
+mod frag;
 mod frame;
 mod fwd;
 mod lb;
@@ -32,6 +33,7 @@ mod reject;
 mod related;
 mod service;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{
     bindings::{
@@ -44,9 +46,9 @@ use aya_ebpf::{
 };
 use frame::Frame;
 use fwd::{Fwd, Origin, TcHook};
-use lb::Verdict;
 use lb_common::{xdp_meta, MARK_DELIVERED};
 use stats::Stats;
+use verdict::Verdict;
 
 /// Ingress on pod-facing interfaces (and on uplinks without native XDP): Service DNAT for
 /// packets from pods or clients, reverse NAT for replies of backends, each delivered to its

@@ -5,7 +5,10 @@ use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
-use lb_common::{AffinityKey, AffinityValue, Backend, Config, Counters, CtEntry, CtKey, IfaceEntry, ServiceKey, ServiceValue};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, Config, Counters, CtEntry, CtKey, FragKey, FragPorts, IfaceEntry, ServiceKey,
+    ServiceValue,
+};
 
 /// Frontend → service port. No prealloc: an updated value is never seen half-written.
 #[btf_map]
@@ -25,6 +28,10 @@ pub static LB_MAGLEV: ArrayOfMaps<Array<[u32; 2], 1, 4096>, 131072> = ArrayOfMap
 /// Connection tracking, both directions of every load-balanced flow.
 #[btf_map]
 pub static LB_CT: LruHashMap<CtKey, CtEntry, 262144> = LruHashMap::new();
+
+/// The ports of translated datagrams' first fragments, for their later fragments (`frag`).
+#[btf_map]
+pub static LB_FRAGS: LruHashMap<FragKey, FragPorts, { lb_common::DEFAULT_FRAG_ENTRIES as usize }> = LruHashMap::new();
 
 /// Scratch space for a new flow's two entries (the stack is too small for them).
 #[btf_map]

@@ -74,6 +74,21 @@ pub fn rewrite<F: Frame>(
     Ok(())
 }
 
+/// Rewrites one address of a fragment after the first (no L4 header: the transport checksum,
+/// in the first fragment, covers the whole datagram and was updated there) and the IP header
+/// checksum.
+#[inline(always)]
+pub fn rewrite_addr<F: Frame>(f: &F, side: Side, old_addr: u32, addr: u32) -> Result<(), RewriteFailed> {
+    if old_addr == addr {
+        return Ok(());
+    }
+    let addr_off = if side == Side::Dst { IP_DADDR_OFF } else { IP_SADDR_OFF };
+    let old_check: u16 = load(f, IP_CHECK_OFF).ok_or(RewriteFailed)?;
+    let new_check = csum::update32(u16::from_be(old_check), old_addr.to_ne_bytes(), addr.to_ne_bytes()).to_be();
+    store(f, addr_off, addr).map_err(|_| RewriteFailed)?;
+    store(f, IP_CHECK_OFF, new_check).map_err(|_| RewriteFailed)
+}
+
 /// Updates the SCTP CRC32c for a port that changes at `offset` in the SCTP packet.
 ///
 /// A zero CRC field is left alone: a locally generated SCTP packet whose CRC is offloaded

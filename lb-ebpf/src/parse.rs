@@ -5,9 +5,10 @@
 //! - IPv4 with a bad version or IHL < 5, or shorter than its header: [`Parsed::Other`], passed
 //!   untouched (the kernel's IP stack drops it);
 //! - IP options (IHL > 5): parsed, the L4 header is found after them;
-//! - fragments and truncated L4 headers: `has_l4` is false; the caller drops them if they are
-//!   addressed to a service address (they could not be translated consistently) and passes
-//!   them otherwise;
+//! - fragments: the first (MF set, offset 0) is parsed like any packet; a later one (offset
+//!   > 0) has no L4 header (`has_l4` false: `frag` knows its first fragment's ports);
+//! - truncated L4 headers: `has_l4` is false; the caller drops them if they are addressed to a
+//!   service address (they could not be translated consistently) and passes them otherwise;
 //! - ICMP: `has_l4` is false; errors about a translated flow are translated (`related`).
 
 use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
@@ -55,11 +56,21 @@ pub struct Ipv4Packet {
     /// absent payload with whatever a register holds, and the verifier rejects a pointer
     /// stored as a port.
     pub l4: L4,
-    /// False for fragments, truncated L4 headers and protocols without ports.
+    /// Whether `l4` holds the packet's ports: false for truncated L4 headers, protocols
+    /// without ports, fragments after the first and SCTP fragments.
     pub has_l4: bool,
-    /// A fragment (MF set or a non-zero offset).
-    pub fragment: bool,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    /// The IPv4 identification as on the wire (what ties fragments together).
+    pub id: u16,
 }
+
+/// Not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment of a datagram (MF set, offset 0): it carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment (non-zero offset): payload only.
+pub const FRAG_LATER: u8 = 2;
 
 impl L4 {
     pub const NONE: L4 = L4 { sport: 0, dport: 0, tcp_flags: 0, seq: 0, ack: 0 };
@@ -74,7 +85,7 @@ pub enum Parsed {
 /// data; XDP frames are linear): only the header bytes the packet needs, so no payload is
 /// copied into the head of a large (TSO/GRO) skb.
 #[inline(always)]
-fn pull<F: Frame>(ctx: &F, want: usize) {
+pub(crate) fn pull<F: Frame>(ctx: &F, want: usize) {
     let linear = ctx.data_end() - ctx.data();
     if linear < want && (ctx.len() as usize) > linear {
         ctx.pull(want as u32);
@@ -100,7 +111,14 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
         return Parsed::Other;
     }
     let l4_off = ETH_HLEN + ihl * 4;
-    let fragment = u16::from_be(ip.frag_off) & 0x3fff != 0;
+    let frag_off = u16::from_be(ip.frag_off);
+    let frag = if frag_off & 0x1fff != 0 {
+        FRAG_LATER
+    } else if frag_off & 0x2000 != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
     let mut pkt = Ipv4Packet {
         tot_len: u16::from_be(ip.tot_len),
         saddr: ip.saddr,
@@ -109,22 +127,24 @@ pub fn parse<F: Frame>(ctx: &F) -> Parsed {
         l4_off,
         l4: L4::NONE,
         has_l4: false,
-        fragment,
+        frag,
+        id: ip.id,
     };
+    let later = frag == FRAG_LATER;
     let l4_len = match pkt.proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
         PROTO_SCTP => 12,
         _ => 0,
     };
-    // IP options and the L4 header (not of fragments: MF set or a non-zero offset means the
-    // L4 header is absent or incomplete).
-    pull(ctx, if fragment { l4_off } else { l4_off + l4_len });
+    // IP options and the L4 header (not of later fragments: they have none).
+    pull(ctx, if later { l4_off } else { l4_off + l4_len });
     // Options must be inside the packet too.
     if ptr_at::<F, u8>(ctx, l4_off - 1).is_none() {
         return Parsed::Other;
     }
-    if fragment {
+    // (SCTP fragments too: a port rewrite's CRC32c update needs the whole packet's length.)
+    if later || (frag == FRAG_FIRST && pkt.proto == PROTO_SCTP) {
         return Parsed::Ipv4(pkt);
     }
     let l4 = match pkt.proto {

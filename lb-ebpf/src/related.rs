@@ -27,10 +27,10 @@ use crate::{
     conntrack,
     frame::{load, store, Frame},
     fwd::{Fwd, Hop},
-    lb::Verdict,
     nat::{self, Side},
-    parse::Ipv4Packet,
+    parse::{self, Ipv4Packet},
     stats::Stats,
+    verdict::Verdict,
 };
 
 const ICMP_HLEN: usize = 8;
@@ -46,14 +46,13 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet) -> 
     let l4_off = inner + 20;
     // The outer and inner headers and the quoted transport header up to its checksum.
     let want = (l4_off + 18).min(f.len() as usize);
-    if f.data_end() - f.data() < want {
-        f.pull(want as u32);
-    }
+    parse::pull(f, want);
     let Some(icmp_type) = load::<F, u8>(f, icmp_off) else { return Verdict::Pass };
     if !icmp::is_error(icmp_type) {
         return Verdict::Pass;
     }
-    let (Some(vihl), Some(frag), Some(proto)) = (load::<F, u8>(f, inner), load::<F, u16>(f, inner + 6), load::<F, u8>(f, inner + 9))
+    let (Some(vihl), Some(frag), Some(proto)) =
+        (load::<F, u8>(f, inner), load::<F, u16>(f, inner + 6), load::<F, u8>(f, inner + 9))
     else {
         return Verdict::Pass;
     };
@@ -96,7 +95,8 @@ pub fn process<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet) -> 
         return Verdict::Pass;
     };
     let l4_check = if check_off != 0 { load::<F, u16>(f, check_off).map(u16::from_be) } else { None };
-    let old = Tuple { src: i_src.to_ne_bytes(), dst: i_dst.to_ne_bytes(), sport: i_sport.to_ne_bytes(), dport: i_dport.to_ne_bytes() };
+    let old =
+        Tuple { src: i_src.to_ne_bytes(), dst: i_dst.to_ne_bytes(), sport: i_sport.to_ne_bytes(), dport: i_dport.to_ne_bytes() };
     let new = Tuple { src: qs.to_ne_bytes(), dst: qd.to_ne_bytes(), sport: qsp.to_ne_bytes(), dport: qdp.to_ne_bytes() };
     let checks = QuotedChecks { ip: u16::from_be(ip_check), l4: l4_check, icmp: u16::from_be(icmp_check) };
     let c = icmp::quoted_checksums(&old, &new, checks, proto == PROTO_UDP);

@@ -612,12 +612,8 @@ fn layout_upgrade_carries_connections_over() {
     assert!(env.agent.log().contains("carried over"), "{}", env.agent.log());
     // Tracked before any packet of theirs: the same entries, ESTABLISHED.
     let rows = env.agent.lbctl_json(&["conntrack"]).unwrap();
-    let carried = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["frontend"] == "10.96.0.10:80" && r["state"] == "ESTABLISHED")
-        .count();
+    let carried =
+        rows.as_array().unwrap().iter().filter(|r| r["frontend"] == "10.96.0.10:80" && r["state"] == "ESTABLISHED").count();
     assert_eq!(carried, entries.len(), "{rows:#}");
     assert!(!bpffs.join("v3").exists(), "the old layout's maps are removed");
     let now: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("held connection survives the upgrade")).collect();

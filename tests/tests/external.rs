@@ -681,7 +681,10 @@ fn masquerade_ports_hold_up_at_production_connection_rates() {
     }
     let stats = c.node("node1").agent().stats().unwrap();
     assert_eq!(stats["drop_no_snat_port"], 0, "{stats:?}");
-    println!("SNAT capacity: 20 000 connections in {elapsed:?}, then 10 000 held; {} masqueraded flows", stats["masqueraded_flows"]);
+    println!(
+        "SNAT capacity: 20 000 connections in {elapsed:?}, then 10 000 held; {} masqueraded flows",
+        stats["masqueraded_flows"]
+    );
 }
 
 /// A backend's ICMP port unreachable reaches the client (netfilter's RELATED translation): a

@@ -5,11 +5,11 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use etherparse::PacketBuilder;
 use aya::{
     maps::{HashMap, MapData},
     Ebpf,
 };
+use etherparse::PacketBuilder;
 use lb_common::{ct_dir, ct_flags, ip_to_map, port_to_map, Counter, CtEntry, CtKey};
 mod common;
 
@@ -436,7 +436,9 @@ fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, icmp_type: etherparse::Icmpv4Type, q
 }
 
 fn frag_needed() -> etherparse::Icmpv4Type {
-    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 })
+    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1000,
+    })
 }
 
 /// The outer addresses and the quote of an ICMP error frame, every checksum checked with

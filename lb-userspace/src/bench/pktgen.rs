@@ -357,7 +357,9 @@ pub fn engine_name() -> &'static str {
 
 fn refused(e: &aya::programs::ProgramError) -> bool {
     let text = format!("{e:?}");
-    ["Operation not permitted", "Operation not supported", "os error 1)", "os error 95)", "os error 524)"].iter().any(|m| text.contains(m))
+    ["Operation not permitted", "Operation not supported", "os error 1)", "os error 95)", "os error 524)"]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 /// The fallback engine for kernels without live frames: the same frames, stamped here with

@@ -31,10 +31,11 @@ pub mod names {
     pub const LOCAL_CIDRS: &str = "LB_LOCAL_CIDRS";
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
     pub const IFACES: &str = "LB_IFACES";
+    pub const FRAGS: &str = "LB_FRAGS";
     /// Created by the agent (not in the object): service-port id → "ns/name:port/PROTO".
     pub const NAMES: &str = "LB_NAMES";
-    pub const ALL_OBJECT_MAPS: [&str; 11] =
-        [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS, AFFINITY, SOURCE_RANGES, LOCAL_CIDRS, NODE_ADDRS, IFACES];
+    pub const ALL_OBJECT_MAPS: [&str; 12] =
+        [SERVICES, BACKENDS, MAGLEV, CT, CONFIG, STATS, AFFINITY, SOURCE_RANGES, LOCAL_CIDRS, NODE_ADDRS, IFACES, FRAGS];
     /// The tc program for pod-facing interfaces (ingress).
     pub const PROG_POD_INGRESS: &str = "lb_pod_ingress";
     /// The tc program for the node's own traffic (egress).
@@ -102,6 +103,14 @@ pub fn load_object_from(file: Option<&std::path::Path>, cap: &Capacity, pins: Op
     }
     let paths: Vec<(&str, std::path::PathBuf)> =
         pins.map(|p| names::ALL_OBJECT_MAPS.iter().map(|n| (*n, p.map_path(n))).collect()).unwrap_or_default();
+    if let Some(p) = pins {
+        // Counters of an agent from before `Counters` had room for new ones (a smaller value):
+        // not adoptable, they start again from 0 (as kube-proxy's metrics do on a restart).
+        let size = std::mem::size_of::<lb_common::Counters>() as u32;
+        if p.drop_if_value_size_differs(names::STATS, size)? {
+            tracing::warn!("the pinned {} had another value size: counters start from 0", names::STATS);
+        }
+    }
     let mut loader = EbpfLoader::new();
     // Kernels whose XDP refuses bpf_xdp_adjust_meta: the uplink program leaves what it would
     // hand to its tc program to the stack (counted), and `--xdp-mode auto` prefers tc there.

@@ -97,6 +97,21 @@ impl PinDir {
         self.map_path(name).exists()
     }
 
+    /// Unpins `name` if it is pinned with a value size other than `size` (a map the loader
+    /// could not adopt: the programs would be checked against the old size). True if it did.
+    pub fn drop_if_value_size_differs(&self, name: &str, size: u32) -> Result<bool> {
+        let path = self.map_path(name);
+        if !path.exists() {
+            return Ok(false);
+        }
+        let info = aya::maps::MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        if info.value_size() == size {
+            return Ok(false);
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(true)
+    }
+
     pub fn pin_data(&self, name: &str, map: &MapData) -> Result<()> {
         map.pin(self.map_path(name)).with_context(|| format!("pinning {name} under {}", self.versioned().display()))
     }

@@ -85,7 +85,8 @@ pub fn xdp_has_metadata() -> bool {
         const BPF_PROG_TYPE_XDP: u32 = 6;
         const BPF_FUNC_XDP_ADJUST_META: i32 = 54;
         // r2 = 0; call bpf_xdp_adjust_meta; r0 = XDP_PASS; exit
-        let insn = |code: u8, regs: u8, imm: i32| -> u64 { u64::from(code) | (u64::from(regs) << 8) | (u64::from(imm as u32) << 32) };
+        let insn =
+            |code: u8, regs: u8, imm: i32| -> u64 { u64::from(code) | (u64::from(regs) << 8) | (u64::from(imm as u32) << 32) };
         let prog: [u64; 4] = [insn(0xb7, 2, 0), insn(0x85, 0, BPF_FUNC_XDP_ADJUST_META), insn(0xb7, 0, 2), insn(0x95, 0, 0)];
         let license = c"GPL";
         #[repr(C)]
@@ -110,7 +111,9 @@ pub fn xdp_has_metadata() -> bool {
             ..Default::default()
         };
         // SAFETY: attr points at live buffers for the whole call; a returned fd is closed.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>()) };
+        let fd = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
+        };
         if fd < 0 {
             return false;
         }
