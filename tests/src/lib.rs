@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod bulk;
 pub mod client;
 pub mod cluster;
+pub mod datagram;
 pub mod fakeapi;
 pub mod netbench;
 pub mod netns;

@@ -24,6 +24,7 @@ use lb_tests::{
     bulk,
     client::{hello_from, http_get, ping, tcp_hello, tcp_probe, udp_probe, HeldTcp},
     cluster::{Cluster, Firewall, NodeSpec, Options, CLIENT_IP},
+    datagram,
     privileges::require_root,
     topo::PodSpec,
     wait,
@@ -102,6 +103,19 @@ fn udp_closed(name: &str, cluster_ip: &str, node_port: u16, backend: &str) -> St
     )
 }
 
+/// A Service whose UDP port 7000 goes to port 7000 of `backend` (NodePort when `node_port`).
+fn datagrams(name: &str, cluster_ip: &str, node_port: Option<u16>, backend: &str) -> String {
+    let (kind, np) = match node_port {
+        Some(p) => ("NodePort", format!(", nodePort: {p}")),
+        None => ("ClusterIP", String::new()),
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{namespace: ext, name: {name}}}\nspec:\n  type: {kind}\n  clusterIP: {cluster_ip}\n  ports:\n  - {{name: d, port: 7000, protocol: UDP{np}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  namespace: ext\n  name: {name}-1\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n- {{name: d, port: 7000, protocol: UDP}}\nendpoints:\n- addresses: [{}]\n  nodeName: {}\n",
+        pod_ip(backend),
+        node_of(backend)
+    )
+}
+
 /// Every test's services (see each test for the one it uses).
 fn write_services(c: &Cluster) {
     let files = [
@@ -159,6 +173,11 @@ fn write_services(c: &Cluster) {
         // unreachable.
         ("udp-closed-local", udp_closed("udp-closed-local", "10.96.0.22", 30122, "a2")),
         ("udp-closed-remote", udp_closed("udp-closed-remote", "10.96.0.23", 30123, "b1")),
+        // 13: large UDP datagrams (lb-echo --datagrams 7000 on a1 and b1): b1 behind ClusterIP
+        // 10.96.0.24 / NodePort 30124 (eTP=Cluster: masqueraded from outside), a1 behind
+        // 10.96.0.25.
+        ("frag-remote", datagrams("frag-remote", "10.96.0.24", Some(30124), "b1")),
+        ("frag-local", datagrams("frag-local", "10.96.0.25", None, "a1")),
         // 8: LoadBalancer eTP=Cluster, LB IP 192.168.50.201, the only backend on node2.
         (
             "lb-cluster",
@@ -191,10 +210,11 @@ fn setup_with(tag: &str, opts: Options) -> Cluster {
         NodeSpec { name: "node2".into(), ip: NODE2, pods: vec![pod("b1", [10, 244, 2, 11]), pod("b2", [10, 244, 2, 12])] },
     ];
     let mut c = Cluster::create_with(tag, &nodes, opts).expect("cluster");
-    for p in ["a1", "a2", "b2"] {
+    for p in ["a2", "b2"] {
         c.spawn_echo(p, 8080, 5353, &[]).expect("echo server");
     }
-    c.spawn_echo("b1", 8080, 5353, &["--bulk", "9000"]).expect("echo server");
+    c.spawn_echo("a1", 8080, 5353, &["--datagrams", "7000"]).expect("echo server");
+    c.spawn_echo("b1", 8080, 5353, &["--bulk", "9000", "--datagrams", "7000"]).expect("echo server");
     write_services(&c);
     c.start_agents(&[]).unwrap_or_else(|e| panic!("{e:#}"));
     for node in &c.nodes {
@@ -715,4 +735,44 @@ fn a_backends_port_unreachable_reaches_the_connected_udp_client() {
     }
     let translated: u64 = c.nodes.iter().map(|n| n.agent().stats().unwrap()["icmp_errors_translated"]).sum();
     assert!(translated >= 3, "{translated} ICMP errors translated");
+}
+
+/// UDP datagrams larger than the MTU (4 KiB and 30 KiB: 3 and 21 fragments on 1 500-byte
+/// links) through a ClusterIP from a pod (to a backend on this node and on the other one) and
+/// through a masqueraded NodePort from outside arrive intact, and 30 KiB answers come back
+/// intact (`lb_tests::datagram`: content checked by digest and pattern). Every fragment after
+/// the first is translated with its first fragment's ports.
+#[test]
+fn large_udp_datagrams_are_translated_fragment_by_fragment_both_ways() {
+    if !require_root("large_udp_datagrams_are_translated_fragment_by_fragment_both_ways") {
+        return;
+    }
+    let c = setup("x13");
+    let client = c.pod("client1").netns.clone();
+    let cases = [
+        (client.clone(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 25), 7000), "pod → ClusterIP, local backend"),
+        (client, SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 24), 7000), "pod → ClusterIP, remote backend"),
+        (c.client_netns.clone(), SocketAddrV4::new(NODE1, 30124), "external → NodePort, remote backend, masqueraded"),
+    ];
+    for (netns, dst, what) in &cases {
+        // The first exchange may meet a service not yet programmed everywhere.
+        wait::until(&format!("a first datagram answer from {dst}"), Duration::from_secs(15), || {
+            datagram::exchange(netns, *dst, 100, 100, 0, Duration::from_millis(700)).ok()
+        })
+        .unwrap_or_else(|e| fail(&c, format!("{what}: {e:#}")));
+        for (i, len) in [4096usize, 30 * 1024, 4096, 30 * 1024].into_iter().enumerate() {
+            datagram::exchange(netns, *dst, len, 30 * 1024, i as u8, T)
+                .unwrap_or_else(|e| fail(&c, format!("{what}: {len}-byte request, 30 KiB answer: {e:#}")));
+        }
+    }
+    for node in ["node1", "node2"] {
+        let stats = c.node(node).agent().stats().unwrap_or_else(|e| fail(&c, format!("{e:#}")));
+        println!(
+            "{node}: {} fragments translated, {} dropped",
+            stats["fragments_translated"], stats["drop_fragment_without_first"]
+        );
+    }
+    // node1 sees every request's and every answer's fragments (client1 and the LAN are its).
+    let stats = c.node("node1").agent().stats().unwrap();
+    assert!(stats["fragments_translated"] >= 3 * 2 * (2 + 20), "{stats:?}");
 }

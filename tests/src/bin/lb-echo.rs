@@ -1,7 +1,8 @@
 //! Backend server for tests and the demo: TCP answers its name on connect and to every line;
 //! UDP answers its name to every datagram. Prints "ready" once listening. With `--report-peer`
 //! the answer is `NAME peer=IP` (IP: the client address this server saw), so tests can check
-//! masquerading. With `--bulk PORT` it also serves bulk transfers checked by hash.
+//! masquerading. With `--bulk PORT` it also serves bulk transfers checked by hash, with
+//! `--datagrams PORT` large UDP datagrams checked the same way.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -27,6 +28,9 @@ struct Args {
     /// Also serve bulk transfers on this TCP port (`lb_tests::bulk`).
     #[arg(long)]
     bulk: Option<u16>,
+    /// Also answer large UDP datagrams on this port (`lb_tests::datagram`).
+    #[arg(long)]
+    datagrams: Option<u16>,
 }
 
 fn answer_for(name: &str, report_peer: bool, peer: Option<std::net::SocketAddr>) -> String {
@@ -59,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     let tcp = args.tcp.map(|p| TcpListener::bind((args.bind.as_str(), p))).transpose()?;
     let udp = args.udp.map(|p| UdpSocket::bind((args.bind.as_str(), p))).transpose()?;
     let bulk = args.bulk.map(|p| TcpListener::bind((args.bind.as_str(), p))).transpose()?;
+    let datagrams = args.datagrams.map(|p| UdpSocket::bind((args.bind.as_str(), p))).transpose()?;
     println!("ready");
     std::io::stdout().flush()?;
     let mut threads = Vec::new();
@@ -82,6 +87,9 @@ fn main() -> anyhow::Result<()> {
                 });
             }
         }));
+    }
+    if let Some(u) = datagrams {
+        threads.push(std::thread::spawn(move || lb_tests::datagram::serve(u)));
     }
     if let Some(u) = udp {
         threads.push(std::thread::spawn(move || {
