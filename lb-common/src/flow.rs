@@ -219,6 +219,15 @@ pub const fn timeout_index(proto: u8, state: u8) -> TimeoutIndex {
     }
 }
 
+/// Whether a flow of `proto` in `state`, last seen at `last_seen_ns`, has expired at `now_ns`
+/// under `timeouts` (seconds, by [`TimeoutIndex`]): the rule the datapath's lookups apply
+/// (`conntrack::live`), and the agent's garbage collector with it.
+#[inline(always)]
+pub const fn expired(proto: u8, state: u8, last_seen_ns: u64, now_ns: u64, timeouts: &[u32; TimeoutIndex::COUNT]) -> bool {
+    let secs = timeouts[timeout_index(proto, state) as usize] as u64;
+    now_ns.saturating_sub(last_seen_ns) > secs * 1_000_000_000
+}
+
 /// Whether a flow in `state` is closed: its post-NAT tuple may be taken over by a new
 /// connection's SYN before the entry expires (netfilter's NAT lets a new connection reuse a
 /// tuple whose conntrack is closing, `nf_nat_used_tuple`'s TIME_WAIT / CLOSE case).
@@ -333,6 +342,29 @@ pub const fn state_name(proto: u8, state: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn expiry_follows_the_state_timeout() {
+        let t = crate::Config::DEFAULT.timeouts;
+        const S: u64 = 1_000_000_000;
+        // (proto, state, idle seconds, expired)
+        let cases = [
+            (PROTO_TCP, tcp::SYN_SENT, 120, false),
+            (PROTO_TCP, tcp::SYN_SENT, 121, true),
+            (PROTO_TCP, tcp::ESTABLISHED, 121, false),
+            (PROTO_TCP, tcp::ESTABLISHED, 86_401, true),
+            (PROTO_TCP, tcp::CLOSE, 11, true),
+            (PROTO_TCP, tcp::TIME_WAIT, 119, false),
+            (crate::PROTO_UDP, UNREPLIED, 31, true),
+            (crate::PROTO_UDP, REPLIED, 31, false),
+            (crate::PROTO_UDP, REPLIED, 121, true),
+        ];
+        for (proto, state, idle, want) in cases {
+            assert_eq!(expired(proto, state, 5 * S, 5 * S + idle * S, &t), want, "{proto} {state} {idle}s");
+        }
+        // A last_seen after now (another CPU's refresh read late) is live.
+        assert!(!expired(PROTO_TCP, tcp::CLOSE, 10 * S, 5 * S, &t));
+    }
+
     use super::{tcp::*, *};
     use crate::PROTO_UDP;
 

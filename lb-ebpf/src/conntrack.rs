@@ -38,17 +38,13 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-#[inline(always)]
-fn timeout_ns(proto: u8, state: u8) -> u64 {
-    let i = flow::timeout_index(proto, state) as usize;
-    // (Element 0 of an array always exists.)
-    let secs = LB_CONFIG.get(0).and_then(|c| c.timeouts.get(i).copied()).unwrap_or(0);
-    secs as u64 * NS
-}
-
+/// Not expired under the configured timeouts (`lb_common::flow::expired`, the rule the
+/// agent's garbage collector applies too).
 #[inline(always)]
 fn live(entry: &CtEntry, proto: u8, now: u64) -> bool {
-    now.saturating_sub(entry.last_seen_ns) <= timeout_ns(proto, entry.state)
+    // (Element 0 of an array always exists.)
+    let Some(c) = LB_CONFIG.get(0) else { return false };
+    !flow::expired(proto, entry.state, entry.last_seen_ns, now, &c.timeouts)
 }
 
 /// A live (not expired) entry for `key`.

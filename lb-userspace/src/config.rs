@@ -49,10 +49,22 @@ pub struct FlowFlags {
     pub conntrack_tcp_timeout_established: std::time::Duration,
 
     /// Idle timeout of TCP connections in CLOSE_WAIT (kube-proxy's flag). The other TCP
-    /// states keep netfilter's defaults (SYN_SENT 120 s, SYN_RECV 60 s, FIN_WAIT 120 s,
-    /// LAST_ACK 30 s, TIME_WAIT 120 s, CLOSE 10 s).
+    /// states keep netfilter's defaults (FIN_WAIT 120 s, LAST_ACK 30 s, TIME_WAIT 120 s,
+    /// CLOSE 10 s; SYN_SENT 120 s and SYN_RECV 60 s have flags of their own).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub conntrack_tcp_timeout_close_wait: std::time::Duration,
+
+    /// Idle timeout of TCP connections whose SYN was not answered (netfilter's
+    /// `nf_conntrack_tcp_timeout_syn_sent`; kube-proxy has no flag for it). What a SYN flood
+    /// costs: each SYN holds its entries this long.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_syn_sent: std::time::Duration,
+
+    /// Idle timeout of TCP connections whose SYN was answered but whose handshake did not
+    /// complete (netfilter's `nf_conntrack_tcp_timeout_syn_recv`; no kube-proxy flag): a SYN
+    /// flood to a listening backend leaves its entries in this state.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_syn_recv: std::time::Duration,
 
     /// Idle timeout of UDP flows that have not seen a reply (kube-proxy's flag; netfilter's
     /// default).
@@ -63,6 +75,11 @@ pub struct FlowFlags {
     /// default).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub conntrack_udp_timeout_stream: std::time::Duration,
+
+    /// How often expired conntrack entries are removed (`dataplane::gc`; the datapath never
+    /// uses them, but they hold room in the table and in its fill metric until then).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub conntrack_gc_interval: std::time::Duration,
 
     /// Source ports a source NAT may use when the client's own port cannot be kept, `MIN-MAX`.
     /// The node's ephemeral range (`net.ipv4.ip_local_port_range`, read at start) is always
@@ -78,8 +95,11 @@ impl Default for FlowFlags {
         FlowFlags {
             conntrack_tcp_timeout_established: t(lb_common::TimeoutIndex::TcpEstablished),
             conntrack_tcp_timeout_close_wait: t(lb_common::TimeoutIndex::TcpCloseWait),
+            conntrack_tcp_timeout_syn_sent: t(lb_common::TimeoutIndex::TcpSynSent),
+            conntrack_tcp_timeout_syn_recv: t(lb_common::TimeoutIndex::TcpSynRecv),
             conntrack_udp_timeout: t(lb_common::TimeoutIndex::Udp),
             conntrack_udp_timeout_stream: t(lb_common::TimeoutIndex::UdpStream),
+            conntrack_gc_interval: std::time::Duration::from_secs(30),
             masquerade_port_range: (d.snat_port_min, d.snat_port_max),
         }
     }
@@ -94,6 +114,8 @@ impl FlowFlags {
         let mut c = lb_common::Config::DEFAULT;
         c.timeouts[T::TcpEstablished as usize] = secs(self.conntrack_tcp_timeout_established);
         c.timeouts[T::TcpCloseWait as usize] = secs(self.conntrack_tcp_timeout_close_wait);
+        c.timeouts[T::TcpSynSent as usize] = secs(self.conntrack_tcp_timeout_syn_sent);
+        c.timeouts[T::TcpSynRecv as usize] = secs(self.conntrack_tcp_timeout_syn_recv);
         c.timeouts[T::Udp as usize] = secs(self.conntrack_udp_timeout);
         c.timeouts[T::UdpStream as usize] = secs(self.conntrack_udp_timeout_stream);
         (c.snat_port_min, c.snat_port_max) = self.masquerade_port_range;
@@ -243,6 +265,8 @@ mod flow_flag_tests {
             "--conntrack-tcp-timeout-established=2h",
             "--conntrack-tcp-timeout-close-wait=30s",
             "--conntrack-udp-timeout=5s",
+            "--conntrack-tcp-timeout-syn-sent=7s",
+            "--conntrack-tcp-timeout-syn-recv=8s",
             "--conntrack-udp-timeout-stream=1m",
             "--masquerade-port-range=20000-29999",
         ]);
@@ -250,6 +274,8 @@ mod flow_flag_tests {
         assert_eq!(c.timeouts[T::TcpEstablished as usize], 7200);
         assert_eq!(c.timeouts[T::TcpCloseWait as usize], 30);
         assert_eq!(c.timeouts[T::Udp as usize], 5);
+        assert_eq!(c.timeouts[T::TcpSynSent as usize], 7);
+        assert_eq!(c.timeouts[T::TcpSynRecv as usize], 8);
         assert_eq!(c.timeouts[T::UdpStream as usize], 60);
         assert_eq!(c.timeouts[T::TcpTimeWait as usize], 120, "netfilter's, not a flag");
         assert_eq!((c.snat_port_min, c.snat_port_max, c.local_port_min, c.local_port_max), (20_000, 29_999, 40_000, 50_000));

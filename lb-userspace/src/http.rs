@@ -353,6 +353,8 @@ pub struct Metrics {
     no_local_endpoints: Family<PolicyLabels, Gauge>,
     service_ports: Gauge,
     sync_errors: Counter,
+    conntrack_live: Gauge,
+    conntrack_gc_deleted: Counter,
     datapath: Arc<DatapathCollector>,
 }
 
@@ -417,6 +419,19 @@ impl Metrics {
         let sync_errors = Counter::default();
         // Encoded as lb_sync_errors_total.
         registry.register("lb_sync_errors", "Syncs that failed to program the datapath", sync_errors.clone());
+        let conntrack_live = Gauge::default();
+        registry.register(
+            "lb_conntrack_live_entries",
+            "Live (not expired) conntrack entries at the last garbage collection (two per flow)",
+            conntrack_live.clone(),
+        );
+        let conntrack_gc_deleted = Counter::default();
+        // Encoded as lb_conntrack_gc_deleted_total.
+        registry.register(
+            "lb_conntrack_gc_deleted",
+            "Expired conntrack entries removed by the garbage collector",
+            conntrack_gc_deleted.clone(),
+        );
         let datapath = Arc::new(DatapathCollector::default());
         registry.register_collector(Box::new(datapath.clone()));
         Arc::new(Metrics {
@@ -428,6 +443,8 @@ impl Metrics {
             no_local_endpoints,
             service_ports,
             sync_errors,
+            conntrack_live,
+            conntrack_gc_deleted,
             datapath,
         })
     }
@@ -469,6 +486,12 @@ impl Metrics {
     /// `lb_sync_errors_total`.
     pub fn inc_sync_errors(&self) {
         self.sync_errors.inc();
+    }
+
+    /// A conntrack garbage collection: `lb_conntrack_live_entries`, `lb_conntrack_gc_deleted_total`.
+    pub fn observe_conntrack_gc(&self, live: u64, deleted: u64) {
+        self.conntrack_live.set(live as i64);
+        self.conntrack_gc_deleted.inc_by(deleted);
     }
 
     /// Replaces the datapath values (`lb_datapath_*_total`, `lb_map_entries`, `lb_map_max_entries`).

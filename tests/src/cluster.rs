@@ -284,7 +284,8 @@ impl Cluster {
 
     /// Starts one lb-agent per node (waiting for each to be ready) with its node name, node IP,
     /// the cluster CIDR, its pods' host veths and the uplink for XDP; health and metrics
-    /// servers off. `extra` goes to every agent.
+    /// servers off (metrics on where `extra` has `--metrics-bind-address`). `extra` goes to
+    /// every agent.
     pub fn start_agents(&mut self, extra: &[&str]) -> Result<()> {
         let pid = std::process::id();
         for node in &mut self.nodes {
@@ -301,9 +302,11 @@ impl Cluster {
                 UPLINK,
                 "--healthz-bind-address",
                 "",
-                "--metrics-bind-address",
-                "",
             ];
+            // (Metrics on when `extra` says where.)
+            if !extra.contains(&"--metrics-bind-address") {
+                args.extend_from_slice(&["--metrics-bind-address", ""]);
+            }
             args.extend_from_slice(extra);
             let agent = Agent::start(&node.topo.node_netns, &node.manifests, &node.topo.host_if_pattern(), &bpffs, &args)
                 .with_context(|| format!("agent on {}", node.name))?;
@@ -347,6 +350,12 @@ impl Cluster {
             if let Some(a) = &n.agent {
                 for what in ["stats", "conntrack"] {
                     let v = a.lbctl_json(&[what]).map(|v| v.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+                    // (A full table is megabytes: its start is enough.)
+                    let v = if v.len() > 20_000 {
+                        format!("{}… ({} bytes)", &v[..v.floor_char_boundary(20_000)], v.len())
+                    } else {
+                        v
+                    };
                     out.push_str(&format!("--- lbctl {what} on {} ---\n{v}\n", n.name));
                 }
             }

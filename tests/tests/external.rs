@@ -201,6 +201,11 @@ fn setup(tag: &str) -> Cluster {
 }
 
 fn setup_with(tag: &str, opts: Options) -> Cluster {
+    setup_args(tag, opts, &[])
+}
+
+/// [`setup_with`], with more arguments for every agent.
+fn setup_args(tag: &str, opts: Options, agent_args: &[&str]) -> Cluster {
     let nodes = [
         NodeSpec {
             name: "node1".into(),
@@ -216,7 +221,7 @@ fn setup_with(tag: &str, opts: Options) -> Cluster {
     c.spawn_echo("a1", 8080, 5353, &["--datagrams", "7000"]).expect("echo server");
     c.spawn_echo("b1", 8080, 5353, &["--bulk", "9000", "--datagrams", "7000"]).expect("echo server");
     write_services(&c);
-    c.start_agents(&[]).unwrap_or_else(|e| panic!("{e:#}"));
+    c.start_agents(agent_args).unwrap_or_else(|e| panic!("{e:#}"));
     for node in &c.nodes {
         wait::until(&format!("services programmed on {}", node.name), Duration::from_secs(20), || {
             (node.agent().active_backends("10.96.0.16:80").ok()?.len() == 4).then_some(())
@@ -775,4 +780,105 @@ fn large_udp_datagrams_are_translated_fragment_by_fragment_both_ways() {
     // node1 sees every request's and every answer's fragments (client1 and the LAN are its).
     let stats = c.node("node1").agent().stats().unwrap();
     assert!(stats["fragments_translated"] >= 3 * 2 * (2 + 20), "{stats:?}");
+}
+
+/// A sample of node1's metrics (`--metrics-bind-address 127.0.0.1:10249` in its namespace).
+fn metric(c: &Cluster, sample: &str) -> u64 {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249);
+    let (_, _, body) = http_get(c.node("node1").netns(), addr, "/metrics", T).unwrap_or_else(|e| fail(c, format!("{e:#}")));
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| fail(c, format!("no {sample} in the metrics:\n{body}"))) as u64
+}
+
+/// A SYN flood (1 000 000 SYNs from 17 source addresses × 60 000 ports, the live-frames
+/// generator on the LAN, into a NodePort) into node1's default-sized table (262 144 entries):
+/// 30 established connections (external → NodePort to a local backend, external →
+/// masqueraded NodePort to a remote backend, pod → ClusterIP to a remote backend) keep
+/// answering, each from its backend, during the flood and after it; the conntrack fill metric
+/// (`lb_map_entries{map="LB_CT"}`) shows the flood and, once the SYNs' entries expire (the
+/// backend answers each SYN: SYN_RECV, `--conntrack-tcp-timeout-syn-recv 10s` here, 60 s by
+/// default; unanswered ones SYN_SENT, 120 s) and the garbage collector removed them, its
+/// decay.
+#[test]
+fn a_syn_flood_leaves_established_connections_working_and_the_table_recovers() {
+    use lb_userspace::bench::pktgen::{mac_of, FrameSpec, Generator};
+    if !require_root("a_syn_flood_leaves_established_connections_working_and_the_table_recovers") {
+        return;
+    }
+    let args = [
+        "--conntrack-gc-interval",
+        "1s",
+        "--conntrack-tcp-timeout-syn-sent",
+        "10s",
+        "--conntrack-tcp-timeout-syn-recv",
+        "10s",
+        "--metrics-bind-address",
+        "127.0.0.1:10249",
+    ];
+    let c = setup_args("x14", Options::default(), &args);
+    let pod = c.pod("client1").netns.clone();
+    let targets = [
+        (c.client_netns.clone(), SocketAddrV4::new(NODE1, 30082)),
+        (c.client_netns.clone(), SocketAddrV4::new(NODE1, 30080)),
+        (pod, SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80)),
+    ];
+    let mut held = Vec::new();
+    for (netns, dst) in &targets {
+        first_answer(&c, netns, *dst);
+        held.push(HeldTcp::open(netns, *dst, 10, T).unwrap_or_else(|e| fail(&c, format!("{dst}: {e:#}"))));
+    }
+    let names: Vec<Vec<String>> = held.iter().map(HeldTcp::names).collect();
+    let check = |held: &mut Vec<HeldTcp>, when: &str| {
+        for (h, want) in held.iter_mut().zip(&names) {
+            let got: Vec<String> = h.ping(T).into_iter().map(|r| r.unwrap_or_else(|e| format!("error: {e:#}"))).collect();
+            if &got != want {
+                fail(&c, format!("{when}: held connections answered {got:?}, expected {want:?}"));
+            }
+        }
+    };
+    let fill = || metric(&c, "lb_map_entries{map=\"LB_CT\"}");
+    let before = fill();
+
+    let lan_if = format!("lb{}u0", c.tag);
+    let spec = FrameSpec {
+        src_mac: mac_of(Some(&c.client_netns), &lan_if).unwrap(),
+        dst_mac: mac_of(Some(c.node("node1").netns()), lb_tests::cluster::UPLINK).unwrap(),
+        src: Ipv4Addr::new(10, 190, 0, 1),
+        sport: 1024,
+        sport_span: 60_000,
+        dst: NODE1,
+        dport: 30082,
+        frame_len: 64,
+        flows: 0,
+        ..FrameSpec::default()
+    };
+    let mut gen = Generator::new(spec, true).unwrap();
+    let mut peak = before;
+    const ROUNDS: u64 = 10;
+    const PER_ROUND: u32 = 100_000;
+    let start = std::time::Instant::now();
+    for round in 0..ROUNDS {
+        gen.run(Some(&c.client_netns), &lan_if, PER_ROUND, 64, round * PER_ROUND as u64, 0)
+            .unwrap_or_else(|e| fail(&c, format!("generator: {e:#}")));
+        check(&mut held, &format!("during the flood (after {} SYNs)", (round + 1) * PER_ROUND as u64));
+        peak = peak.max(fill());
+    }
+    let flood = start.elapsed();
+    check(&mut held, "after the flood");
+    let stats = c.node("node1").agent().stats().unwrap();
+    println!(
+        "SYN flood: {} SYNs sent in {flood:?}; node1 created {} flows; conntrack entries {before} before, {peak} at the peak",
+        ROUNDS * PER_ROUND as u64,
+        stats["new_flows"]
+    );
+    assert!(peak > before + 100_000, "the fill metric shows the flood: {before} → {peak}");
+    let decayed = wait::until("the flood's entries expire and are collected", Duration::from_secs(60), || {
+        let now = fill();
+        (now < before + 1_000).then_some(now)
+    })
+    .unwrap_or_else(|e| fail(&c, format!("{e:#}: {} entries", fill())));
+    println!("SYN flood: {decayed} entries {:?} after the flood", start.elapsed() - flood);
+    check(&mut held, "after the decay");
+    assert!(metric(&c, "lb_conntrack_gc_deleted_total") > 100_000);
 }

@@ -817,3 +817,53 @@ fn udp_flows_are_unreplied_until_a_reply() {
     assert_eq!(summarize(&back).unwrap().src, VIP);
     assert_eq!(h.states(44_000, VIP, 53, 17), ("REPLIED".into(), "REPLIED".into()));
 }
+
+/// The agent's conntrack garbage collector (`dataplane::gc`) removes exactly the entries whose
+/// state's timeout has passed, by the datapath's own rule: flows the program created are aged
+/// by moving their `last_seen` back.
+#[test]
+fn garbage_collection_removes_expired_entries_only() {
+    use lb_userspace::dataplane::{gc, inspect::monotonic_ns};
+    if !require_root("garbage_collection_removes_expired_entries_only") {
+        return;
+    }
+    let mut h = Harness::new(&THREE);
+    // Three TCP flows in SYN_SENT (120 s) and two UDP flows, unreplied (30 s).
+    for sport in [41_000u16, 41_001, 41_002] {
+        h.run(&tcp(CLIENT, sport, VIP, 80, true));
+    }
+    for sport in [5_001u16, 5_002] {
+        h.run(&udp(CLIENT, sport, VIP, 53));
+    }
+    let timeouts = lb_common::Config::DEFAULT.timeouts;
+    let now = monotonic_ns();
+    const S: u64 = 1_000_000_000;
+    let mut ct: HashMap<&mut MapData, CtKey, CtEntry> = HashMap::try_from(h.ebpf.map_mut(names::CT).unwrap()).unwrap();
+    let all: Vec<(CtKey, CtEntry)> = ct.iter().map(Result::unwrap).collect();
+    assert_eq!(all.len(), 10, "two halves per flow");
+    // Age: TCP 41000 by 121 s (expired), 41001 by 119 s (live); UDP 5001 by 31 s (expired).
+    let age = |k: &CtKey| -> u64 {
+        let port = |p: u16| [k.sport, k.dport].contains(&port_to_map(p));
+        if port(41_000) || port(5_001) {
+            if k.proto == 6 {
+                121
+            } else {
+                31
+            }
+        } else if port(41_001) {
+            119
+        } else {
+            0
+        }
+    };
+    for (k, mut e) in all {
+        e.last_seen_ns = now - age(&k) * S;
+        ct.insert(k, e, 0).unwrap();
+    }
+    let pass = gc::collect(&mut ct, 4096, &timeouts, now);
+    assert_eq!(pass, gc::Pass { live: 6, deleted: 4 });
+    let left: Vec<CtKey> = ct.keys().map(Result::unwrap).collect();
+    assert!(left.iter().all(|k| ![41_000u16, 5_001].iter().any(|p| [k.sport, k.dport].contains(&port_to_map(*p)))));
+    // Nothing left to do on a second pass.
+    assert_eq!(gc::collect(&mut ct, 4096, &timeouts, now), gc::Pass { live: 6, deleted: 0 });
+}

@@ -26,6 +26,7 @@ use lb_userspace::{
     config::{local_port_range, FlowFlags, ProxyFlags},
     dataplane::{
         attach::{watch_links, Attacher, InterfaceSelector, Placement, XdpMode},
+        gc,
         inspect::datapath_snapshot,
         load_object_from,
         migrate::carry_over_flows,
@@ -303,6 +304,23 @@ fn forward_datapath_logs(ebpf: &mut aya::Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Removes expired conntrack entries every `every` (`dataplane::gc`), off the async threads.
+fn spawn_conntrack_gc(pins: PinDir, timeouts: [u32; lb_common::TimeoutIndex::COUNT], every: Duration, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let p = pins.clone();
+            match tokio::task::spawn_blocking(move || gc::collect_pinned(&p, &timeouts)).await {
+                Ok(Ok(pass)) => metrics.observe_conntrack_gc(pass.live, pass.deleted),
+                Ok(Err(e)) => warn!("conntrack garbage collection: {e:#}"),
+                Err(e) => warn!("conntrack garbage collection: {e}"),
+            }
+        }
+    });
+}
+
 async fn run(args: Args) -> Result<()> {
     let pins = PinDir::new(&args.bpffs);
     if args.cleanup {
@@ -376,6 +394,8 @@ async fn run(args: Args) -> Result<()> {
             }
         });
     }
+
+    spawn_conntrack_gc(pins.clone(), config.timeouts, args.flow.conntrack_gc_interval, metrics.clone());
 
     let mut pipeline = Pipeline {
         node_name,

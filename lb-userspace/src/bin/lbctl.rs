@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{
-    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, Counters, CtEntry, CtKey,
-    ServiceKey, ServiceValue,
+    backend_flags, ct_dir, ct_flags, ip_from_map, port_from_map, svc_flags, Backend, Counter, Counters, ServiceKey, ServiceValue,
 };
 use lb_userspace::{
     config::ProxyFlags,
@@ -363,19 +362,11 @@ impl Rows for CtRow {
     }
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into ts.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn conntrack(pins: &PinDir) -> Result<Vec<CtRow>> {
-    let map: HashMap<MapData, CtKey, CtEntry> = open(pins, names::CT)?;
-    let now = monotonic_ns();
-    let mut rows: Vec<CtRow> = map
-        .iter()
-        .filter_map(|r| r.ok())
+    let (map, capacity) = lb_userspace::dataplane::inspect::open_ct(pins)?;
+    let now = lb_userspace::dataplane::inspect::monotonic_ns();
+    let mut rows: Vec<CtRow> = lb_userspace::dataplane::inspect::ct_entries(&map, capacity)
+        .into_iter()
         .map(|(k, e)| CtRow {
             direction: if k.dir == ct_dir::REPLY { "reply" } else { "forward" },
             protocol: proto_name(k.proto),

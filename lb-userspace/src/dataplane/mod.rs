@@ -1,6 +1,7 @@
 //! The eBPF object and everything that touches its maps and programs.
 
 pub mod attach;
+pub mod gc;
 pub mod inspect;
 pub mod migrate;
 pub mod pin;
