@@ -78,6 +78,8 @@ pub struct Cluster {
     peer_xdp: Vec<XdpAttachment>,
     /// The external client's namespace (also holds the LAN bridge).
     pub client_netns: String,
+    /// Namespaces added later ([`Cluster::add_routed_client`]), deleted with the cluster.
+    extra_netns: Vec<String>,
     dir: PathBuf,
 }
 
@@ -197,7 +199,14 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("lb-cluster-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut cluster = Cluster { tag: tag.into(), nodes: Vec::new(), peer_xdp: Vec::new(), client_netns: lan.clone(), dir };
+        let mut cluster = Cluster {
+            tag: tag.into(),
+            nodes: Vec::new(),
+            peer_xdp: Vec::new(),
+            client_netns: lan.clone(),
+            extra_netns: Vec::new(),
+            dir,
+        };
         ip(&["netns", "add", &lan])?;
         ip_netns(&lan, &["link", "set", "lo", "up"])?;
         ip_netns(&lan, &["link", "add", "br0", "type", "bridge"])?;
@@ -269,6 +278,46 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// An external client behind a router: the router's namespace `lb-{tag}-rtr` is on the LAN
+    /// (192.168.50.254) and reaches the client's namespace `lb-{tag}-far` (192.168.60.2) over
+    /// a link of `mtu` bytes. The client announces the MSS of a 1 500-byte link all the same
+    /// (its route's `advmss`: as a client two links further away would), so the way back
+    /// learns the path MTU only from the router's "fragmentation needed". Every node routes
+    /// 192.168.60.0/24 via the router. Returns the client's namespace.
+    pub fn add_routed_client(&mut self, mtu: u32) -> Result<String> {
+        let (rtr, far) = (format!("lb-{}-rtr", self.tag), format!("lb-{}-far", self.tag));
+        for ns in [&rtr, &far] {
+            let _ = ip(&["netns", "del", ns]);
+            ip(&["netns", "add", ns])?;
+            self.extra_netns.push(ns.clone());
+            ip_netns(ns, &["link", "set", "lo", "up"])?;
+            let _ = sysctl_in(ns, "net.ipv6.conf.all.disable_ipv6", "1");
+            sysctl_in(ns, "net.ipv4.conf.all.rp_filter", "0")?;
+        }
+        let lan_if = format!("lb{}r0", self.tag);
+        ip(&["link", "add", &lan_if, "netns", &self.client_netns, "type", "veth", "peer", "name", "lan0", "netns", &rtr])?;
+        ip_netns(&self.client_netns, &["link", "set", &lan_if, "master", "br0"])?;
+        ip_netns(&self.client_netns, &["link", "set", &lan_if, "up"])?;
+        ip(&["link", "add", "far0", "netns", &rtr, "type", "veth", "peer", "name", "eth0", "netns", &far])?;
+        ip_netns(&rtr, &["link", "set", "far0", "mtu", &mtu.to_string()])?;
+        ip_netns(&far, &["link", "set", "eth0", "mtu", &mtu.to_string()])?;
+        ip_netns(&rtr, &["addr", "add", "192.168.50.254/24", "dev", "lan0"])?;
+        ip_netns(&rtr, &["addr", "add", "192.168.60.1/24", "dev", "far0"])?;
+        ip_netns(&far, &["addr", "add", "192.168.60.2/24", "dev", "eth0"])?;
+        for (ns, dev) in [(&rtr, "lan0"), (&rtr, "far0"), (&far, "eth0")] {
+            ip_netns(ns, &["link", "set", dev, "up"])?;
+            // Frames reach the nodes' XDP uplinks: full checksums (see tx_checksum_off).
+            tx_checksum_off(ns, dev)?;
+        }
+        tx_checksum_off(&self.client_netns, &lan_if)?;
+        sysctl_in(&rtr, "net.ipv4.ip_forward", "1")?;
+        ip_netns(&far, &["route", "add", "default", "via", "192.168.60.1", "advmss", "1460"])?;
+        for node in &self.nodes {
+            ip_netns(node.netns(), &["route", "add", "192.168.60.0/24", "via", "192.168.50.254", "dev", UPLINK])?;
+        }
+        Ok(far)
     }
 
     /// Writes `file` with `content` into every node's manifest directory (replace by rename,
@@ -374,6 +423,9 @@ impl Drop for Cluster {
         self.nodes.clear();
         self.peer_xdp.clear();
         let _ = ip(&["netns", "del", &self.client_netns]);
+        for ns in &self.extra_netns {
+            let _ = ip(&["netns", "del", ns]);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -25,6 +25,7 @@ use lb_tests::{
     client::{hello_from, http_get, ping, tcp_hello, tcp_probe, udp_probe, HeldTcp},
     cluster::{Cluster, Firewall, NodeSpec, Options, CLIENT_IP},
     datagram,
+    netns::ip_netns,
     privileges::require_root,
     topo::PodSpec,
     wait,
@@ -881,4 +882,52 @@ fn a_syn_flood_leaves_established_connections_working_and_the_table_recovers() {
     println!("SYN flood: {decayed} entries {:?} after the flood", start.elapsed() - flood);
     check(&mut held, "after the decay");
     assert!(metric(&c, "lb_conntrack_gc_deleted_total") > 100_000);
+}
+
+/// Path-MTU discovery through the datapath (the "fragmentation needed" errors are translated
+/// like the packets they quote):
+/// - an external client behind a router whose link to it has a 1 000-byte MTU: 4 MiB each way
+///   through a masqueraded NodePort to a backend on the other node; the router's error about
+///   the backend's 1 500-byte segments (to node1, the source they carry after reverse NAT)
+///   must reach the backend as an error about its own packets;
+/// - a pod sending 4 MiB each way to a ClusterIP whose backend (on node2) is behind a 1 000-byte
+///   link: node2's error (to the pod, quoting the DNATed packet) must reach the pod as an
+///   error about what it sent to the ClusterIP.
+/// Without the translation both transfers stall for good.
+#[test]
+fn path_mtu_discovery_works_through_nodeports_and_clusterips() {
+    if !require_root("path_mtu_discovery_works_through_nodeports_and_clusterips") {
+        return;
+    }
+    let mut c = setup("x15");
+    let far = c.add_routed_client(1000).unwrap_or_else(|e| fail(&c, format!("{e:#}")));
+    let np = SocketAddrV4::new(NODE1, 30099);
+    first_answer_bulk(&c, &far, np);
+    bulk::transfer(&far, np, 4 << 20, Duration::from_secs(30))
+        .unwrap_or_else(|e| fail(&c, format!("4 MiB through {np} from behind the 1 000-byte link: {e:#}")));
+    let translated = c.node("node1").agent().stats().unwrap()["icmp_errors_translated"];
+    assert!(translated >= 1, "the router's error was translated on node1");
+
+    // b1's link: 1 000 bytes on both ends; b1 announces the MSS of a 1 500-byte link all the
+    // same (its route's `advmss`), so the pod's segments are too large for the link and node2
+    // answers them with "fragmentation needed" (a veth drops a frame over its own MTU silently:
+    // an MTU on one end only would be a black hole, not a path MTU).
+    let b1 = c.pod("b1").clone();
+    ip_netns(c.node("node2").netns(), &["link", "set", &b1.host_if, "mtu", "1000"]).unwrap();
+    ip_netns(&b1.netns, &["link", "set", "eth0", "mtu", "1000"]).unwrap();
+    ip_netns(&b1.netns, &["route", "change", "default", "via", "169.254.1.1", "dev", "eth0", "advmss", "1460"]).unwrap();
+    let client = c.pod("client1").netns.clone();
+    let cip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 19), 9000);
+    bulk::transfer(&client, cip, 4 << 20, Duration::from_secs(30))
+        .unwrap_or_else(|e| fail(&c, format!("4 MiB from a pod through {cip} to a backend behind a 1 000-byte link: {e:#}")));
+    let after = c.node("node1").agent().stats().unwrap()["icmp_errors_translated"];
+    assert!(after > translated, "node2's error was translated on node1");
+}
+
+/// Waits (≤ 15 s) until a small bulk exchange with `dst` works from `netns`.
+fn first_answer_bulk(c: &Cluster, netns: &str, dst: SocketAddrV4) {
+    wait::until(&format!("a first bulk exchange with {dst} from {netns}"), Duration::from_secs(15), || {
+        bulk::transfer(netns, dst, 100, Duration::from_millis(700)).ok()
+    })
+    .unwrap_or_else(|e| fail(c, format!("{e:#}")));
 }
