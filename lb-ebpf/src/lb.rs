@@ -91,10 +91,15 @@ fn dispatch<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet) -> Ver
         // The established path and the new-flow path are separate BPF functions, called one
         // after the other from here: the verifier limits the stack of a call chain (512
         // bytes), and each needs a good part of it.
-        return match forward(f, st, out, &a) {
-            Verdict::NewFlow => new_flow(f, st, out, &a),
-            v => v,
-        };
+        match forward(f, st, out, &a) {
+            // Conntrack before the NAT rules, as in netfilter: a packet to a frontend can be a
+            // tracked flow's reply (a masqueraded flow whose source port is the number of a
+            // NodePort: the backend answers node:port), never a new connection to it. (One
+            // call of `reply` for both cases: the verifier checks it once per call site.)
+            Verdict::NewFlow if !is_reply(pkt, l4) => return new_flow(f, st, out, &a),
+            Verdict::NewFlow => {}
+            v => return v,
+        }
     }
     reply(f, st, out, pkt, l4)
 }
@@ -572,6 +577,13 @@ fn rewrite_failed(st: &Stats) -> Verdict {
 #[inline(never)]
 pub fn log_rewrite_failed<F: Frame>(f: &F, proto: u8) {
     warn!(f, "lb: rewrite failed (proto {}), packet dropped", proto);
+}
+
+/// Whether the packet is a reply of a live tracked flow.
+#[inline(never)]
+fn is_reply(pkt: &Ipv4Packet, l4: &L4) -> bool {
+    let key = CtKey::new(pkt.saddr, pkt.daddr, l4.sport, l4.dport, pkt.proto, ct_dir::REPLY);
+    conntrack::lookup(&key, conntrack::now()).is_some()
 }
 
 /// Backend → client: restore the frontend as the source (and a source-NATed client as the

@@ -662,9 +662,8 @@ fn one_backend_behind_two_frontends_with_the_same_client_port() {
 
 /// Source NAT capacity: through a masqueraded NodePort to a single (remote) backend, 20 000
 /// connections opened and closed, then 10 000 held open at once: no SYN dropped for want of a
-/// port. Open defect: about one connection in 2 000 never completes its handshake here, and
-/// now and then a held one stops answering (the issue asks for none; the bounds below make a
-/// regression fail while the cause is found).
+/// port, no handshake lost. Open defect: now and then a held connection stops answering (the
+/// bound below makes a regression fail while the cause is found; README).
 #[test]
 fn masquerade_ports_hold_up_at_production_connection_rates() {
     if !require_root("masquerade_ports_hold_up_at_production_connection_rates") {
@@ -686,14 +685,14 @@ fn masquerade_ports_hold_up_at_production_connection_rates() {
     let dst = SocketAddrV4::new(NODE1, 30080);
     first_answer(&c, &c.client_netns, dst);
     let start = std::time::Instant::now();
-    // A connect may wait for SYN retransmissions (10 s). Open defect: about one connection in
-    // 2 000 of this churn never gets through here (no datapath counter says why: not a port
-    // shortage, not an RST check); the bounds keep it visible until it is found (README).
+    // A connect may wait for SYN retransmissions (10 s). (A masquerade port equal to a
+    // NodePort's number once made about one in 2 000 fail for good: the backend's answers were
+    // taken for new connections to the NodePort.)
     let results = tcp_hello(&c.client_netns, dst, 20_000, Duration::from_secs(10));
     let elapsed = start.elapsed();
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     println!("SNAT capacity: {} of 20 000 connections failed", failed.len());
-    if failed.len() > 30 {
+    if !failed.is_empty() {
         fail(&c, format!("{} of 20 000 connections failed, e.g. {:#}", failed.len(), failed[0]));
     }
     // (No timing asserted: every closed connection's entry stays in TIME_WAIT for 120 s, so all
@@ -702,6 +701,9 @@ fn masquerade_ports_hold_up_at_production_connection_rates() {
     let answers = held.ping(T);
     let bad = answers.iter().filter(|r| r.is_err()).count();
     println!("SNAT capacity: of 10 000 held connections {held_failed} failed to open, {bad} stopped answering");
+    if let Some(Err(e)) = answers.iter().find(|r| r.is_err()) {
+        println!("SNAT capacity: e.g. {e:#}");
+    }
     if held_failed + bad > 15 {
         fail(&c, format!("of 10 000 held connections {held_failed} failed to open, {bad} stopped answering"));
     }

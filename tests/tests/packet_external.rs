@@ -251,6 +251,23 @@ fn xdp_nodeport_dnat_masquerade_and_reply_restore() {
     let s = assert_valid(&out);
     assert_eq!((s.src, s.sport), (NODE, 62_000), "the client's own port, masqueraded");
 
+    // A client whose source port is the number of a NodePort (its own, or another): the port
+    // is kept, and the backend's answer to NODE:30080 is the flow's reply — conntrack comes
+    // before the frontend lookup, as in netfilter — never a new connection to the NodePort.
+    for nodeport in [30080u16, 30053] {
+        let input = tcp(EXTERNAL, nodeport, NODE, 30080, true);
+        let (_, out) = h.xdp(&input);
+        let s = assert_valid(&out);
+        assert_eq!((s.src, s.sport), (NODE, nodeport), "the client's own port, masqueraded");
+        let new_flows = h.counter(Counter::NewFlows);
+        let reply = tcp(s.dst, 8080, NODE, nodeport, false);
+        let (rc, back) = h.xdp(&reply);
+        assert_eq!(rc, XDP_PASS);
+        let r = assert_valid(&back);
+        assert_eq!((r.src, r.sport, r.dst, r.dport), (NODE, 30080, EXTERNAL, nodeport), "reply to NODE:{nodeport} restored");
+        assert_eq!(h.counter(Counter::NewFlows), new_flows, "the reply started no flow");
+    }
+
     let input = packet::build(Protocol::Udp, EXTERNAL, 5555, NODE, 30053, b"question");
     let (rc, out) = h.xdp(&input);
     assert_eq!(rc, XDP_PASS);

@@ -10,12 +10,13 @@ use std::net::Ipv4Addr;
 
 use crate::model::{DesiredState, Endpoint, Protocol, ServicePortName, ServicePortState};
 
-/// Median, min and max of samples.
+/// Median, min, max and 99th percentile of samples.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    pub p99: f64,
 }
 
 impl Stat {
@@ -26,7 +27,7 @@ impl Stat {
         samples.sort_by(|a, b| a.total_cmp(b));
         let n = samples.len();
         let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
-        Stat { median, min: samples[0], max: samples[n - 1] }
+        Stat { median, min: samples[0], max: samples[n - 1], p99: Stat::quantile(samples, 0.99) }
     }
 
     /// The value at quantile `q` (0..=1) of sorted samples.

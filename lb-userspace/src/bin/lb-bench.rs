@@ -168,8 +168,18 @@ fn fmt_stat(s: &Stat) -> String {
     format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
 }
 
+/// [`fmt_stat`] and the 99th percentile (one run per sample: new flows).
+fn fmt_stat_p99(s: &Stat) -> String {
+    format!("{:.0} ({:.0}–{:.0}, p99 {:.0})", s.median, s.min, s.max, s.p99)
+}
+
 fn jstat(v: &Value) -> Option<Stat> {
-    Some(Stat { median: v["median"].as_f64()?, min: v["min"].as_f64()?, max: v["max"].as_f64()? })
+    Some(Stat {
+        median: v["median"].as_f64()?,
+        min: v["min"].as_f64()?,
+        max: v["max"].as_f64()?,
+        p99: v["p99"].as_f64().unwrap_or(f64::NAN),
+    })
 }
 
 /// The implementations shown in the netns tables, in order.
@@ -226,7 +236,7 @@ fn markdown(points: &[Point], nets: &[(u32, Value)], maglev: &Value, meta: &str)
             p.non_service_ratio,
             fmt_stat(&p.established_ns),
             p.established_ratio,
-            fmt_stat(&p.new_flow_ns),
+            fmt_stat_p99(&p.new_flow_ns),
             p.new_flow_ratio,
             p.program_all_ms,
             p.endpoint_change_p50_ms,
@@ -245,9 +255,9 @@ fn markdown(points: &[Point], nets: &[(u32, Value)], maglev: &Value, meta: &str)
             p.xdp_non_service_ratio,
             fmt_stat(&p.xdp_established_ns),
             p.xdp_established_ratio,
-            fmt_stat(&p.xdp_new_flow_ns),
+            fmt_stat_p99(&p.xdp_new_flow_ns),
             p.xdp_new_flow_ratio,
-            fmt_stat(&p.xdp_nodeport_new_flow_ns),
+            fmt_stat_p99(&p.xdp_nodeport_new_flow_ns),
             p.xdp_nodeport_new_flow_ratio,
         ));
     }
