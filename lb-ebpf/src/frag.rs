@@ -75,7 +75,10 @@ pub fn later<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet) -> Ve
             *out = Fwd { saddr, daddr: entry.peer_addr, proto: pkt.proto, tot_len: pkt.tot_len, hop: Hop::UNKNOWN };
             return Verdict::Translated;
         }
-    } else if ports != 0 {
+    }
+    // Conntrack before the frontend lookup (as `lb::dispatch`): a reply to node:port where
+    // port is a NodePort's number is the flow's reply.
+    if ports != 0 {
         let reply_key = CtKey::new(pkt.saddr, pkt.daddr, sport, dport, pkt.proto, ct_dir::REPLY);
         if let Some(e) = conntrack::lookup(&reply_key, now) {
             // SAFETY: a map value pointer, copied out at once.
@@ -91,7 +94,6 @@ pub fn later<F: Frame>(f: &F, st: &Stats, out: &mut Fwd, pkt: &Ipv4Packet) -> Ve
             *out = Fwd { saddr: entry.peer_addr, daddr, proto: pkt.proto, tot_len: pkt.tot_len, hop: Hop::UNKNOWN };
             return Verdict::Translated;
         }
-        return Verdict::Pass;
     }
     // Of a datagram we cannot translate: never delivered un-NATed to a service.
     if matches!(pkt.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) && service::is_service_addr(pkt.daddr) {
