@@ -52,6 +52,10 @@ struct Args {
     /// Runs per netns figure (default 3; --quick 1).
     #[arg(long)]
     net_repeats: Option<u32>,
+    /// BPF_PROG_TEST_RUN calls per datapath figure (default 9; --quick 5): more for steadier
+    /// medians, or to profile one program (`perf record` over a long run).
+    #[arg(long)]
+    rounds: Option<u32>,
 }
 
 /// The implementations measured at `n` services, within the baseline caps.
@@ -434,6 +438,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let (sweep, repeat, rounds, new_flows, changes) =
         if args.quick { (vec![1, 100, 1000], 1000, 5, 200, 10) } else { (args.services.clone(), 100_000, 9, 2000, 50) };
+    let rounds = args.rounds.unwrap_or(rounds);
     let net = if args.quick {
         NetParams { pps_frames: 20_000, new_flow_frames: 1000, repeats: 1, connects: 100, rate_secs: 0.3, bulk_secs: 1.0 }
     } else {
