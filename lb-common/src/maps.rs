@@ -24,7 +24,7 @@ use bytemuck::{Pod, Zeroable};
 
 /// Version of the map layout below; part of every pinned map's path, so an agent never adopts
 /// maps whose layout it does not understand.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Packs a table's u32 sequence `[M, slots..]` two per element (the inner arrays' layout).
 #[cfg(feature = "std")]

@@ -554,16 +554,16 @@ fn upgrade_to_a_changed_program_under_load_drops_nothing() {
     assert_eq!(now, names_before);
 }
 
-/// A map layout upgrade carries the running datapath's connections over: the layout-3 agent's
-/// conntrack table (today's connections written in layout 3, `lb_common::legacy`, pinned where
-/// a layout-3 agent pins it) is copied into the new agent's table before it attaches, so the
-/// held connections are tracked (their state, their backend) before any of their packets is
-/// seen, keep working, and the old layout's maps are removed. (The layout-3 programs
+/// A map layout upgrade carries the running datapath's connections over: the layout-4
+/// agent's conntrack table (today's connections, in a table with one global LRU list, pinned
+/// where a layout-4 agent pins it) is copied into the new agent's table before it attaches, so
+/// the held connections are tracked (their state, their backend) before any of their packets
+/// is seen, keep working, and the old layout's maps are removed. (The layout-4 programs
 /// themselves do not run here: the table is what the new agent reads.)
 #[test]
 fn layout_upgrade_carries_connections_over() {
     use aya::maps::{HashMap, Map, MapData};
-    use lb_common::{legacy, CtEntry, CtKey};
+    use lb_common::{CtEntry, CtKey};
     if !require_root("layout_upgrade_carries_connections_over") {
         return;
     }
@@ -580,42 +580,32 @@ fn layout_upgrade_carries_connections_over() {
     let entries: Vec<(CtKey, CtEntry)> = table.iter().filter_map(Result::ok).collect();
     assert!(entries.len() >= 40, "both halves of 20 connections: {}", entries.len());
     drop(table);
-    // What a layout-3 agent leaves: its table under v3/ (and nothing of ours).
-    std::fs::create_dir_all(bpffs.join("v3")).unwrap();
+    // What a layout-4 agent leaves: its table under v4/ (flags 0: one global LRU list), and
+    // nothing of ours.
+    std::fs::create_dir_all(bpffs.join("v4")).unwrap();
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-    let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_LRU_HASH, 16, 48, 4096, 0);
-    let v3 = MapData::create(obj, "LB_CT", None).unwrap();
-    v3.pin(bpffs.join("v3/LB_CT")).unwrap();
-    let mut v3: HashMap<MapData, CtKey, legacy::CtEntryV3> = HashMap::try_from(Map::LruHashMap(v3)).unwrap();
+    let value_size = std::mem::size_of::<CtEntry>() as u32;
+    let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_LRU_HASH, 16, value_size, 4096, 0);
+    let v4 = MapData::create(obj, "LB_CT", None).unwrap();
+    v4.pin(bpffs.join("v4/LB_CT")).unwrap();
+    let mut v4: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(Map::LruHashMap(v4)).unwrap();
     for (k, e) in &entries {
-        let old = legacy::CtEntryV3 {
-            last_seen_ns: e.last_seen_ns,
-            backend_id: e.backend_id,
-            svc_id: e.svc_id,
-            peer_addr: e.peer_addr,
-            peer_port: e.peer_port,
-            flags: e.flags,
-            _pad: 0,
-            nat_addr: e.nat_addr,
-            nat_port: e.nat_port,
-            _pad2: [0; 2],
-            hop_ifindex: e.hop_ifindex,
-            hop_dmac: e.hop_dmac,
-            hop_smac: e.hop_smac,
-        };
-        v3.insert(k, old, 0).unwrap();
+        v4.insert(k, e, 0).unwrap();
     }
-    drop(v3);
+    drop(v4);
     std::fs::remove_file(&current).unwrap();
 
     env.agent = Agent::start(&env.topo.node_netns, &env.dir, &env.topo.host_if_pattern(), &bpffs, &[]).unwrap();
     assert!(env.agent.log().contains("carried over"), "{}", env.agent.log());
-    // Tracked before any packet of theirs: the same entries, ESTABLISHED.
+    // Tracked before any packet of theirs: the same entries (the held connections' halves
+    // ESTABLISHED; the probes' closed ones as they were).
     let rows = env.agent.lbctl_json(&["conntrack"]).unwrap();
-    let carried =
-        rows.as_array().unwrap().iter().filter(|r| r["frontend"] == "10.96.0.10:80" && r["state"] == "ESTABLISHED").count();
-    assert_eq!(carried, entries.len(), "{rows:#}");
-    assert!(!bpffs.join("v3").exists(), "the old layout's maps are removed");
+    let rows = rows.as_array().unwrap();
+    let carried = rows.iter().filter(|r| r["frontend"] == "10.96.0.10:80").count();
+    assert_eq!(carried, entries.len(), "{rows:#?}");
+    let established = rows.iter().filter(|r| r["frontend"] == "10.96.0.10:80" && r["state"] == "ESTABLISHED").count();
+    assert!(established >= 40, "both halves of the 20 held connections, ESTABLISHED: {rows:#?}");
+    assert!(!bpffs.join("v4").exists(), "the old layout's maps are removed");
     let now: Vec<String> = held.ping(T).into_iter().map(|r| r.expect("held connection survives the upgrade")).collect();
     assert_eq!(now, names, "each connection keeps its backend");
 }

@@ -366,7 +366,7 @@ async fn run(args: Args) -> Result<()> {
     let maps = MapSet::take(&mut ebpf, &args.capacity, Some(&pins))?;
     let carried = carry_over_flows(&pins).context("carrying connections over from the older datapath")?;
     if carried > 0 {
-        info!(entries = carried, "conntrack entries carried over from the layout-3 datapath (before attaching)");
+        info!(entries = carried, "conntrack entries carried over from the older layout's datapath (before attaching)");
     }
     let config = args.flow.datapath_config(local_port_range());
     let (writer, adopted) = Writer::adopt(maps, args.capacity.max_table_size, args.capacity.max_service_ports, config)?;
@@ -433,7 +433,7 @@ async fn run(args: Args) -> Result<()> {
     // What the old programs created until the links were swapped.
     let carried = carry_over_flows(&pins).context("carrying connections over from the older datapath")?;
     if carried > 0 {
-        info!(entries = carried, "conntrack entries carried over from the layout-3 datapath (after attaching)");
+        info!(entries = carried, "conntrack entries carried over from the older layout's datapath (after attaching)");
     }
     for old in pins.remove_other_versions()? {
         info!(path = %old.display(), "removed maps of another layout version (links taken over)");

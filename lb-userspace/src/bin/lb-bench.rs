@@ -56,6 +56,9 @@ struct Args {
     /// medians, or to profile one program (`perf record` over a long run).
     #[arg(long)]
     rounds: Option<u32>,
+    /// Single-run BPF_PROG_TEST_RUN calls per new-flow figure (default 2000; --quick 200).
+    #[arg(long)]
+    new_flows: Option<u32>,
 }
 
 /// The implementations measured at `n` services, within the baseline caps.
@@ -439,6 +442,7 @@ fn main() -> Result<()> {
     let (sweep, repeat, rounds, new_flows, changes) =
         if args.quick { (vec![1, 100, 1000], 1000, 5, 200, 10) } else { (args.services.clone(), 100_000, 9, 2000, 50) };
     let rounds = args.rounds.unwrap_or(rounds);
+    let new_flows = args.new_flows.unwrap_or(new_flows);
     let net = if args.quick {
         NetParams { pps_frames: 20_000, new_flow_frames: 1000, repeats: 1, connects: 100, rate_secs: 0.3, bulk_secs: 1.0 }
     } else {

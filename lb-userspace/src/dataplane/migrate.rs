@@ -13,25 +13,44 @@ use lb_common::{legacy, CtEntry, CtKey};
 
 use super::{names, pin::PinDir};
 
-/// Copies the flows of the layout-3 datapath pinned beside `pins` (if any) into this
+/// Copies the flows of an older datapath pinned beside `pins` (layout 4: the same entries in a
+/// table with one global LRU list; layout 3: converted, `lb_common::legacy`) into this
 /// layout's `LB_CT`. Returns how many entries were copied (0 when there is no older table).
 pub fn carry_over_flows(pins: &PinDir) -> Result<usize> {
-    let old_path = pins.root.join("v3").join(names::CT);
-    if lb_common::MAP_LAYOUT_VERSION == 3 || !old_path.exists() {
-        return Ok(0);
+    let mut copied = 0;
+    for version in [4, 3] {
+        let old_path = pins.root.join(format!("v{version}")).join(names::CT);
+        if lb_common::MAP_LAYOUT_VERSION == version || !old_path.exists() {
+            continue;
+        }
+        let old_data = MapData::from_pin(&old_path).with_context(|| format!("opening {}", old_path.display()))?;
+        let old = aya::maps::Map::LruHashMap(old_data);
+        let mut new: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(pins.open(names::CT)?)?;
+        copied += if version == 4 {
+            let old: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(old).context("the layout-4 conntrack table")?;
+            copy(old.iter(), &mut new, |_, e| e)
+        } else {
+            let old: HashMap<MapData, CtKey, legacy::CtEntryV3> =
+                HashMap::try_from(old).context("the layout-3 conntrack table")?;
+            copy(old.iter(), &mut new, |k, e| legacy::ct_entry_from_v3(&e, k.proto))
+        };
     }
-    let old_data = MapData::from_pin(&old_path).with_context(|| format!("opening {}", old_path.display()))?;
-    let old: HashMap<MapData, CtKey, legacy::CtEntryV3> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(old_data)).context("the layout-3 conntrack table")?;
-    let mut new: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(pins.open(names::CT)?)?;
+    Ok(copied)
+}
+
+/// Inserts every entry `items` yields, converted, where `new` has none yet.
+fn copy<V>(
+    items: impl Iterator<Item = Result<(CtKey, V), aya::maps::MapError>>,
+    new: &mut HashMap<MapData, CtKey, CtEntry>,
+    convert: impl Fn(&CtKey, V) -> CtEntry,
+) -> usize {
     const BPF_NOEXIST: u64 = 1;
     let mut copied = 0;
-    for item in old.iter() {
-        // An entry evicted while we iterate is simply skipped.
-        let Ok((key, entry)) = item else { continue };
-        if new.insert(key, legacy::ct_entry_from_v3(&entry, key.proto), BPF_NOEXIST).is_ok() {
+    // An entry evicted while we iterate is simply skipped.
+    for (key, entry) in items.flatten() {
+        if new.insert(key, convert(&key, entry), BPF_NOEXIST).is_ok() {
             copied += 1;
         }
     }
-    Ok(copied)
+    copied
 }
