@@ -18,9 +18,10 @@ use super::{names, pin::PinDir};
 /// layout's `LB_CT`. Returns how many entries were copied (0 when there is no older table).
 pub fn carry_over_flows(pins: &PinDir) -> Result<usize> {
     let mut copied = 0;
+    // (Older than MAP_LAYOUT_VERSION, 5: never this agent's own directory.)
     for version in [4, 3] {
         let old_path = pins.root.join(format!("v{version}")).join(names::CT);
-        if lb_common::MAP_LAYOUT_VERSION == version || !old_path.exists() {
+        if !old_path.exists() {
             continue;
         }
         let old_data = MapData::from_pin(&old_path).with_context(|| format!("opening {}", old_path.display()))?;
